@@ -1,0 +1,158 @@
+"""The built-in synthetic biased benchmark: ultrasound-like nodules.
+
+Each image is a speckled B-mode-like scan (multiplicative Rayleigh speckle over a smooth
+tissue map, depth attenuation) with one hypoechoic (darker) lesion whose border is
+irregular (a radius modulated by low-order harmonics). The binary mask is the lesion.
+
+The sensitive attribute `sex` (F/M; F is the minority by default) changes acquisition
+through a *bias mechanism*, so that an ERM model trained on the mixture is less accurate
+for one group and the group is decodable from its latent:
+
+- ``contrast`` (difficulty-type): the minority's scans have lower lesion contrast and heavier,
+  coarser speckle, as with a lower-end probe or harder-to-image patients. The information
+  needed is really weaker; no re-use of the latent can fully recover it.
+- ``gain`` (shortcut-type): the minority's scanner has another calibration (a brighter gain with a
+  compressed dynamic range). The lesion is as visible as in the majority once intensities are
+  normalised, but a model that learned the majority's absolute intensities misreads it.
+- ``artifact`` (shortcut-type): in the majority group a bright echogenic rim (a boundary echo as
+  produced by the majority's scanner preset) outlines the lesion; the minority's scans lack it.
+  A model that leans on the rim finds weaker borders in the minority.
+- ``none``: no group effect (a control; both groups are drawn the same way).
+
+Everything is deterministic from the seed. Output follows the manifest contract:
+``manifest.csv`` with ``id, image, mask, split, sex`` and PNG files (image 8-bit grey, mask 0/255).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from scipy import ndimage
+
+from applefair.errors import InputError
+from applefair.io import atomic_path, write_csv
+
+BIASES = ("contrast", "gain", "artifact", "none")
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Acquisition:
+    """Acquisition parameters of one group's scanner."""
+
+    contrast: float = 0.55  # fractional darkening of the lesion
+    speckle_sigma: float = 0.8  # speckle correlation length (px); larger is coarser
+    speckle_strength: float = 1.0  # 1 = fully developed speckle
+    gain: float = 1.0  # multiplicative gain
+    offset: float = 0.0  # added after gain (dynamic-range compression)
+    rim: float = 0.0  # brightness of an echogenic rim on the lesion border
+
+
+def acquisitions(bias: str, strength: float = 1.0) -> dict[str, Acquisition]:
+    """Per-group acquisition for a bias mechanism; `strength` scales the group difference."""
+    base = Acquisition()
+    s = float(strength)
+    if bias == "none":
+        return {"M": base, "F": base}
+    if bias == "contrast":
+        return {"M": base, "F": Acquisition(contrast=0.55 - 0.3 * s, speckle_sigma=0.8 + 0.7 * s,
+                                            speckle_strength=1.0 + 0.35 * s)}
+    if bias == "gain":
+        return {"M": base, "F": Acquisition(gain=1.0 - 0.45 * s, offset=0.45 * s)}
+    if bias == "artifact":
+        return {"M": Acquisition(rim=0.9 * s), "F": base}
+    raise InputError(f"bias '{bias}' is not known (expected one of: {', '.join(BIASES)})")
+
+
+def _smooth_noise(rng: np.random.Generator, size: int, sigma: float) -> np.ndarray:
+    field = ndimage.gaussian_filter(rng.standard_normal((size, size)), sigma, mode="wrap")
+    return field / (field.std() + 1e-8)
+
+
+def lesion_mask(rng: np.random.Generator, size: int) -> np.ndarray:
+    """An irregular blob: radius modulated by harmonics 2-5 with random phases."""
+    r0 = rng.uniform(0.12, 0.22) * size
+    margin = r0 * 1.5 + 2
+    cy, cx = rng.uniform(margin, size - margin, size=2)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
+    theta = np.arctan2(yy - cy, xx - cx)
+    radius = np.full_like(theta, r0)
+    for k in range(2, 6):
+        radius += r0 * rng.uniform(0.0, 0.12) / (k - 1) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
+    aspect = rng.uniform(0.7, 1.0)
+    dist = np.hypot((yy - cy) / aspect, xx - cx)
+    return dist <= radius
+
+
+def render(rng: np.random.Generator, mask: np.ndarray, acq: Acquisition) -> np.ndarray:
+    """Render a B-mode-like image of `mask` under acquisition `acq`, values in [0, 1]."""
+    size = mask.shape[0]
+    tissue = 0.5 + 0.08 * _smooth_noise(rng, size, size / 10)
+    depth = np.exp(-0.6 * np.linspace(0, 1, size))[:, None]
+    soft = ndimage.gaussian_filter(mask.astype(np.float64), 1.0)
+    echo = tissue * depth * (1.0 - acq.contrast * soft)
+    if acq.rim > 0:
+        edge = ndimage.gaussian_filter(soft * (1 - soft) * 4, 0.7)
+        echo = echo + acq.rim * 0.35 * edge
+    # Fully developed speckle: magnitude of correlated complex Gaussian noise (Rayleigh).
+    re = ndimage.gaussian_filter(rng.standard_normal((size, size)), acq.speckle_sigma)
+    im = ndimage.gaussian_filter(rng.standard_normal((size, size)), acq.speckle_sigma)
+    speckle = np.hypot(re, im)
+    speckle = speckle / (speckle.mean() + 1e-8)
+    speckle = 1.0 + acq.speckle_strength * (speckle - 1.0)
+    img = echo * speckle
+    img = acq.gain * img + acq.offset
+    return np.clip(img, 0.0, 1.0)
+
+
+def generate(out_dir: str | os.PathLike, n: int = 800, size: int = 96, bias: str = "contrast",
+             minority_share: float = 0.25, strength: float = 1.0, seed: int = 0,
+             split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)) -> Path:
+    """Write `n` images, masks and `manifest.csv` into `out_dir`; return the manifest path.
+
+    The minority group (F) has the same share in every split (stratified), so test
+    groups are large enough to measure.
+    """
+    if n < 10:
+        raise InputError(f"n={n}: the synthetic benchmark needs at least 10 images")
+    if not 0.0 < minority_share < 1.0:
+        raise InputError(f"minority_share={minority_share}: expected a value strictly between 0 and 1")
+    if size < 32:
+        raise InputError(f"size={size}: expected at least 32 px")
+    acq = acquisitions(bias, strength)
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    n_min = int(round(n * minority_share))
+    sexes = np.array(["F"] * n_min + ["M"] * (n - n_min))
+    rng.shuffle(sexes)
+    splits = np.empty(n, dtype=object)
+    for g in ("F", "M"):
+        idx = np.flatnonzero(sexes == g)
+        cuts = np.cumsum([int(round(f * len(idx))) for f in split_fractions[:2]])
+        for name, part in zip(SPLITS, np.split(idx, cuts), strict=True):
+            splits[part] = name
+    rows = []
+    for i in range(n):
+        sample_rng = np.random.default_rng([seed, i])
+        mask = lesion_mask(sample_rng, size)
+        img = render(sample_rng, mask, acq[sexes[i]])
+        sid = f"nod{i:05d}"
+        _write_png(out / "images" / f"{sid}.png", np.round(img * 255).astype(np.uint8))
+        _write_png(out / "masks" / f"{sid}.png", mask.astype(np.uint8) * 255)
+        rows.append({"id": sid, "image": f"images/{sid}.png", "mask": f"masks/{sid}.png",
+                     "split": splits[i], "sex": sexes[i]})
+    manifest = out / "manifest.csv"
+    write_csv(manifest, pd.DataFrame(rows))
+    return manifest
+
+
+def _write_png(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")

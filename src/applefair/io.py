@@ -106,8 +106,15 @@ def staged_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path
     """Build a run folder in a sibling temporary folder and move it into place at the end.
 
     If the work fails, nothing is left at `out` (and an earlier run there is untouched).
+    Under torchrun only rank 0 writes `out`; other ranks get a scratch folder, removed after.
     """
     out = Path(out)
+    from applefair.distributed import is_main  # late: every module imports io
+
+    if not is_main():
+        with tempfile.TemporaryDirectory(prefix=".applefair-rank-") as scratch:
+            yield Path(scratch)
+        return
     if out.exists() and not overwrite:
         if not out.is_dir() or any(out.iterdir()):
             raise InputError(f"{out}: output folder exists and is not empty (use --overwrite to replace it)")

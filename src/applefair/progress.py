@@ -16,6 +16,9 @@ console = Console(stderr=True)
 
 
 def progress_bar(quiet: bool = False) -> Progress:
+    from applefair.distributed import is_main  # under torchrun, only rank 0 draws bars
+
+    quiet = quiet or not is_main()
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"),
                     TimeRemainingColumn(), console=console, disable=quiet, transient=False)

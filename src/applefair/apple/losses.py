@@ -1,35 +1,137 @@
 """APPLE's objective terms.
 
-L_D = CE(D_p(sg(f_p)), a)
-L_G = L_seg - alpha * CE(D_p(f_p), a) - beta * H(softmax(D_p(f_p))) + lambda * ||G_p(f_o)||^2
+L_D = CE(D_p(sg(f_p)), a)                 (optionally label-smoothed)
+L_G = L_seg(D_s(f_p), y) + adv(D_p(f_p), a) + lambda * ||G_p(f_o)||^2
+adv, by `objective`:
+- "negce":   -alpha * CE(D_p(f_p), a)                     (the paper; saturates once D is confident)
+- "kl":      alpha * KL(uniform || softmax(D_p(f_p)))     (pushes D's output to chance; never saturates)
+- "grl":     -alpha * CE through a gradient-reversal layer, D updated in the same step (DANN)
+- "none":    no adversarial term (a control)
+and, with any objective, -beta * H(softmax(D_p(f_p))) (the paper's entropy term).
 Samples with an unknown group (a = -1) contribute to L_seg only.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
+from monai.losses import DiceLoss
+
+OBJECTIVES = ("negce", "kl", "grl", "none")
 
 
-def known_ce(logits: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over samples with a known group (0 if none)."""
+def _known(logits: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     keep = groups >= 0
     if not keep.any():
+        return None
+    return logits[keep], groups[keep]
+
+
+def known_ce(logits: torch.Tensor, groups: torch.Tensor, label_smoothing: float = 0.0,
+             weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy over samples with a known group (0 if none)."""
+    k = _known(logits, groups)
+    if k is None:
         return logits.sum() * 0.0
-    return F.cross_entropy(logits[keep], groups[keep])
+    return F.cross_entropy(k[0], k[1], weight=weight, label_smoothing=label_smoothing)
 
 
 def known_entropy(logits: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
     """Mean entropy of the discriminator's softmax over samples with a known group."""
-    keep = groups >= 0
-    if not keep.any():
+    k = _known(logits, groups)
+    if k is None:
         return logits.sum() * 0.0
-    logp = F.log_softmax(logits[keep], dim=1)
+    logp = F.log_softmax(k[0], dim=1)
     return -(logp.exp() * logp).sum(1).mean()
 
 
+def known_kl_uniform(logits: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """KL(uniform || softmax(logits)) = -mean_k log p_k - log K, over samples with a known group."""
+    k = _known(logits, groups)
+    if k is None:
+        return logits.sum() * 0.0
+    logp = F.log_softmax(k[0], dim=1)
+    return (-logp.mean(1) - math.log(logp.shape[1])).mean()
+
+
 def known_accuracy(logits: torch.Tensor, groups: torch.Tensor) -> float:
-    keep = groups >= 0
-    if not keep.any():
+    """Group-balanced accuracy (mean of per-group recalls): 1/K is chance whatever the group sizes."""
+    k = _known(logits, groups)
+    if k is None:
         return float("nan")
-    return float((logits[keep].argmax(1) == groups[keep]).float().mean())
+    pred, true = k[0].argmax(1), k[1]
+    recalls = [float((pred[true == g] == g).float().mean()) for g in true.unique()]
+    return sum(recalls) / len(recalls)
+
+
+class _Reverse(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return -ctx.scale * grad, None
+
+
+def grad_reverse(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """Identity forward, gradient times -scale backward."""
+    return _Reverse.apply(x, scale)
+
+
+def adversarial_term(objective: str, logits: torch.Tensor, groups: torch.Tensor, alpha: float,
+                     beta: float) -> torch.Tensor:
+    """The perturber's adversarial loss from D_p's logits on f_p (added to L_seg).
+
+    For "grl" the logits must come from gradient-reversed latents; the term is then +CE, whose
+    gradient reaches the perturber negated and scaled by alpha (the reversal carries alpha)."""
+    if objective == "negce":
+        term = -alpha * known_ce(logits, groups)
+    elif objective == "kl":
+        term = alpha * known_kl_uniform(logits, groups)
+    elif objective == "grl":
+        term = known_ce(logits, groups)
+    elif objective == "none":
+        term = logits.sum() * 0.0
+    else:
+        raise ValueError(f"objective '{objective}' is not known (expected one of: {', '.join(OBJECTIVES)})")
+    if beta:
+        term = term - beta * known_entropy(logits, groups)
+    return term
+
+
+class SegLoss:
+    """Per-sample Dice + CE matching the segmentor's head.
+
+    "sigmoid": one logit per foreground channel, mask (B, C, H, W) in {0, 1}.
+    "softmax": one logit per class, mask (B, 1, H, W) of class indices.
+    """
+
+    def __init__(self, head: str = "sigmoid"):
+        if head not in ("sigmoid", "softmax"):
+            raise ValueError(f"head '{head}' is not known (expected sigmoid or softmax)")
+        self.head = head
+        self.dice = (DiceLoss(sigmoid=True, reduction="none") if head == "sigmoid"
+                     else DiceLoss(softmax=True, to_onehot_y=True, reduction="none"))
+
+    def __call__(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        dice = self.dice(logits, target).flatten(1).mean(1)
+        if self.head == "sigmoid":
+            ce = F.binary_cross_entropy_with_logits(logits, target.float(), reduction="none")
+        else:
+            ce = F.cross_entropy(logits, target[:, 0].long(), reduction="none")
+        return dice + ce.flatten(1).mean(1)
+
+
+def balanced_weights(groups: torch.Tensor, group_freq: torch.Tensor) -> torch.Tensor:
+    """Per-sample weights 1 / (K * freq(group)) (unknown group: 1), normalised to mean 1.
+
+    Every group then weighs the same in L_seg, as with group-balanced sampling."""
+    k = len(group_freq)
+    w = torch.ones(len(groups), dtype=torch.float32)
+    known = groups >= 0
+    w[known] = 1.0 / (k * group_freq[groups[known]].clamp_min(1e-6))
+    return w / w.mean()

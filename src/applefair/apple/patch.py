@@ -9,7 +9,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from applefair.apple.perturber import Perturber
+from applefair.apple.perturber import build_perturber, latent_channels
 from applefair.errors import InputError
 from applefair.io import load_tensors, save_tensors
 from applefair.models.sites import find_module
@@ -36,6 +36,7 @@ class PatchedSegmentor(nn.Module):
         self.perturbers = nn.ModuleDict({_key(s): p for s, p in perturbers.items()})
         self.latents: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.enabled = True
+        self.on_latents = None  # optional callback(latents) after each forward (e.g. to collect probe features)
         self._handles = [find_module(net, s).register_forward_hook(self._hook(s)) for s in self.sites]
 
     def _hook(self, site: str):
@@ -50,9 +51,12 @@ class PatchedSegmentor(nn.Module):
             return perturbed
         return hook
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, *args, **kwargs):
         self.latents = {}
-        return self.net(x)
+        out = self.net(*args, **kwargs)
+        if self.on_latents is not None:
+            self.on_latents(self.latents)
+        return out
 
     def train(self, mode: bool = True) -> PatchedSegmentor:
         super().train(mode)
@@ -70,9 +74,10 @@ def _key(site: str) -> str:
     return site.replace(".", "__")
 
 
-def perturbers_for(net: nn.Module, sites: list[str], example: torch.Tensor, width: int = 32
-                   ) -> dict[str, Perturber]:
-    """One fresh perturber per site, sized from the latent shapes of one example batch."""
+def latent_shapes(net: nn.Module, sites: list[str], batch: dict) -> dict[str, torch.Size]:
+    """The output shape at each site for one example batch (frozen net, eval mode, no grad)."""
+    from applefair.models.registry import segment
+
     shapes: dict[str, torch.Size] = {}
     handles = [find_module(net, s).register_forward_hook(
         lambda _m, _i, out, s=s: shapes.__setitem__(s, out.shape)) for s in sites]
@@ -80,39 +85,69 @@ def perturbers_for(net: nn.Module, sites: list[str], example: torch.Tensor, widt
         with torch.no_grad():
             was = net.training
             net.eval()
-            net(example)
+            segment(net, batch)
             net.train(was)
     finally:
         for h in handles:
             h.remove()
-    return {s: Perturber(shapes[s][1], width=width) for s in sites}
+    missing = [s for s in sites if s not in shapes]
+    if missing:
+        raise InputError(f"site(s) {', '.join(missing)} are not run by the model's forward pass")
+    return shapes
+
+
+def perturbers_for(net: nn.Module, sites: list[str], example: torch.Tensor | dict, width: int = 32,
+                   kind: str = "unet", **kwargs) -> dict[str, nn.Module]:
+    """One fresh perturber per site, sized from the latent shapes of one example batch."""
+    batch = example if isinstance(example, dict) else {"image": example}
+    shapes = latent_shapes(net, sites, batch)
+    return {s: build_perturber({"kind": kind, "channels": latent_channels(shapes[s]), "width": width, **kwargs})
+            for s in sites}
 
 
 def save_patch(path: str | os.PathLike, patched: PatchedSegmentor, meta: Mapping) -> None:
-    """The perturbers' weights plus their sites and config in the safetensors header."""
+    """The perturbers' weights plus their sites, specs, group spec and config in the safetensors header."""
     tensors = {k: v for k, v in patched.perturbers.state_dict().items()}
+    specs = {s: patched.perturbers[_key(s)].spec() for s in patched.sites}
     header = {"format": "applefair-patch/1", "sites": json.dumps(patched.sites),
-              "meta": json.dumps(meta, default=str)}
+              "perturbers": json.dumps(specs), "meta": json.dumps(meta, default=str)}
+    if "groups" in meta:
+        header["groups"] = json.dumps(meta["groups"])
     save_tensors(path, tensors, metadata=header)
+
+
+def read_patch_header(path: str | os.PathLike) -> dict:
+    """The header of a patch file (format, sites, perturbers, groups, meta), JSON-decoded."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+    except (SafetensorError, OSError) as exc:
+        raise InputError(f"{path}: not a readable safetensors file ({exc})") from None
+    if header.get("format") != "applefair-patch/1":
+        raise InputError(f"{path}: not an applefair patch (missing format 'applefair-patch/1' in its header)")
+    return {k: (json.loads(v) if k != "format" else v) for k, v in header.items()}
 
 
 def attach(net: nn.Module, path: str | os.PathLike) -> PatchedSegmentor:
     """Attach a saved patch (perturbers + sites) to the unchanged deployed model."""
-    from safetensors import safe_open
-
     tensors = load_tensors(path)
-    with safe_open(str(path), framework="pt") as f:
-        header = f.metadata() or {}
-    if header.get("format") != "applefair-patch/1":
-        raise InputError(f"{path}: not an applefair patch (missing format 'applefair-patch/1' in its header)")
-    sites = json.loads(header["sites"])
-    meta = json.loads(header.get("meta", "{}"))
-    width = int(meta.get("apple", {}).get("width", 32))
-    shapes = {s: tensors[f"{_key(s)}.out.weight"].shape[0] for s in sites}
-    patched = PatchedSegmentor(net, {s: Perturber(c, width=width) for s, c in shapes.items()})
+    header = read_patch_header(path)
+    sites, meta = header["sites"], header.get("meta", {})
+    specs = header.get("perturbers")
+    if specs is None:  # patches written before specs were stored: U-shaped, width from the config
+        width = int(meta.get("apple", {}).get("width", 32))
+        specs = {s: {"kind": "unet", "channels": tensors[f"{_key(s)}.out.weight"].shape[0], "width": width}
+                 for s in sites}
+    for s in sites:
+        find_module(net, s)  # a clear error if the model lacks a site
+    patched = PatchedSegmentor(net, {s: build_perturber(specs[s]) for s in sites})
     try:
         patched.perturbers.load_state_dict(tensors)
     except RuntimeError as exc:
+        patched.remove()
         raise InputError(f"{path}: patch weights do not fit ({str(exc).splitlines()[0]})") from None
     patched.meta = meta
+    patched.groups = header.get("groups", meta.get("groups"))
     return patched.eval()

@@ -1,16 +1,28 @@
-"""The perturber G_p: a small U-shaped network on the latent, zero-initialised output.
+"""The perturber G_p: maps a latent f_o to a perturbation, f_p = f_o + G_p(f_o).
 
-As described for APPLE: 3 downsampling conv stages (width, 2*width, 4*width channels),
-4 residual blocks, 3 upsampling stages back to the latent's channel count. Its last
-layer starts at zero, so f_p = f_o + G_p(f_o) equals f_o before training: attaching a
-fresh perturber never changes the deployed model's output.
+Two shapes:
+- `Perturber` ("unet", as described for APPLE): 3 stride-2 conv stages (w, 2w, 4w channels),
+  4 residual blocks, 3 upsampling stages back to the latent's channel count, with skips
+  between matching resolutions. Its receptive field covers a whole small latent, so it can
+  move image-level (global) cues, which a few 3x3 convs cannot.
+- `ConvPerturber` ("conv"): two 3x3 convs; cheap, local.
+
+Both zero-initialise their last layer, so a fresh perturber leaves the deployed model's
+output unchanged. Both accept any spatial size (odd, 1x1: padded to a multiple of 8 and
+cropped back) and token latents (B, N, C) (laid out on a square grid when N is a square,
+else on an N x 1 strip). An optional global branch (FiLM-style scale/shift from pooled
+mean/std) lets either shape change per-image statistics directly.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+KINDS = ("unet", "conv")
 
 
 def _conv_block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -29,26 +41,131 @@ class ResidualBlock(nn.Module):
         return F.relu(x + self.body(x))
 
 
-class Perturber(nn.Module):
-    """G_p for a (B, C, H, W) latent with C = `channels`; any H, W (padded to a multiple of 8)."""
+def to_grid(f: torch.Tensor) -> tuple[torch.Tensor, tuple | None]:
+    """(B, N, C) tokens -> (B, C, h, w); (B, C, H, W) passes through. Returns the undo info."""
+    if f.dim() == 4:
+        return f, None
+    if f.dim() != 3:
+        raise ValueError(f"latent of shape {tuple(f.shape)}: expected (B, C, H, W) or tokens (B, N, C)")
+    b, n, c = f.shape
+    side = math.isqrt(n)
+    h, w = (side, side) if side * side == n else (n, 1)
+    return f.transpose(1, 2).reshape(b, c, h, w), (b, n, c)
 
-    def __init__(self, channels: int, width: int = 32, num_res_blocks: int = 4):
+
+def from_grid(x: torch.Tensor, undo: tuple | None) -> torch.Tensor:
+    if undo is None:
+        return x
+    b, n, c = undo
+    return x.reshape(b, c, n).transpose(1, 2)
+
+
+def latent_channels(shape: torch.Size | tuple) -> int:
+    """Channel count of a latent: dim 1 for (B, C, H, W), last dim for tokens (B, N, C)."""
+    return int(shape[-1] if len(shape) == 3 else shape[1])
+
+
+class GlobalBranch(nn.Module):
+    """Per-image scale and shift of every channel from its pooled mean and std (zero-init)."""
+
+    def __init__(self, channels: int, hidden: int = 128):
         super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(2 * channels, hidden), nn.ReLU(inplace=True),
+                                 nn.Linear(hidden, 2 * channels))
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.flatten(2)
+        mu, sd = flat.mean(-1), flat.std(-1, unbiased=False)
+        scale, shift = self.mlp(torch.cat([mu, sd], 1)).chunk(2, 1)
+        return scale[..., None, None] * (x - mu[..., None, None]) + shift[..., None, None]
+
+
+class _Base(nn.Module):
+    kind = ""
+
+    def __init__(self, channels: int, width: int, global_branch: bool):
+        super().__init__()
+        self.channels, self.width = int(channels), int(width)
+        self.glob = GlobalBranch(channels) if global_branch else None
+
+    def spec(self) -> dict:
+        """What `build_perturber` needs to rebuild this perturber (stored in a patch header)."""
+        return {"kind": self.kind, "channels": self.channels, "width": self.width,
+                "global_branch": self.glob is not None, **self._extra_spec()}
+
+    def _extra_spec(self) -> dict:
+        return {}
+
+    def _local(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        """Returns the perturbation G_p(f) (same shape as f), not f + G_p(f)."""
+        x, undo = to_grid(f)
+        d = self._local(x)
+        if self.glob is not None:
+            d = d + self.glob(x)
+        return from_grid(d, undo)
+
+
+class Perturber(_Base):
+    """The paper's U-shaped G_p for a latent with `channels` channels."""
+
+    kind = "unet"
+
+    def __init__(self, channels: int, width: int = 32, num_res_blocks: int = 4, global_branch: bool = False):
+        super().__init__(channels, width, global_branch)
+        self.num_res_blocks = int(num_res_blocks)
         w = (width, 2 * width, 4 * width)
-        self.down = nn.Sequential(_conv_block(channels, w[0], 2), _conv_block(w[0], w[1], 2),
-                                  _conv_block(w[1], w[2], 2))
+        self.d1, self.d2, self.d3 = _conv_block(channels, w[0], 2), _conv_block(w[0], w[1], 2), \
+            _conv_block(w[1], w[2], 2)
         self.res = nn.Sequential(*[ResidualBlock(w[2]) for _ in range(num_res_blocks)])
-        self.up = nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), _conv_block(w[2], w[1]),
-                                nn.Upsample(scale_factor=2, mode="nearest"), _conv_block(w[1], w[0]),
-                                nn.Upsample(scale_factor=2, mode="nearest"))
+        self.u3, self.u2, self.u1 = _conv_block(w[2], w[1]), _conv_block(w[1], w[0]), _conv_block(w[0], w[0])
         self.out = nn.Conv2d(w[0], channels, 3, padding=1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
-    def forward(self, f: torch.Tensor) -> torch.Tensor:
-        """Returns the perturbation G_p(f) (same shape as f), not f + G_p(f)."""
-        h, w = f.shape[-2:]
+    def _extra_spec(self) -> dict:
+        return {"num_res_blocks": self.num_res_blocks}
+
+    def _local(self, x: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
         ph, pw = (-h) % 8, (-w) % 8
-        x = F.pad(f, (0, pw, 0, ph), mode="replicate") if (ph or pw) else f
-        x = self.out(self.up(self.res(self.down(x))))
-        return x[..., :h, :w]
+        x = F.pad(x, (0, pw, 0, ph), mode="replicate") if (ph or pw) else x
+        h1 = self.d1(x)
+        h2 = self.d2(h1)
+        h3 = self.res(self.d3(h2))
+        up = self.u3(F.interpolate(h3, scale_factor=2, mode="nearest")) + h2
+        up = self.u2(F.interpolate(up, scale_factor=2, mode="nearest")) + h1
+        up = self.u1(F.interpolate(up, scale_factor=2, mode="nearest"))
+        return self.out(up)[..., :h, :w]
+
+
+class ConvPerturber(_Base):
+    """A small local G_p: 3x3 conv (width channels), ReLU, zero-initialised 3x3 conv."""
+
+    kind = "conv"
+
+    def __init__(self, channels: int, width: int = 32, global_branch: bool = False):
+        super().__init__(channels, width, global_branch)
+        self.body = nn.Sequential(nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(inplace=True))
+        self.out = nn.Conv2d(width, channels, 3, padding=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def _local(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.body(x))
+
+
+def build_perturber(spec: dict) -> nn.Module:
+    """A fresh perturber from a spec dict (`kind`, `channels`, `width`, ...)."""
+    spec = dict(spec)
+    kind = spec.pop("kind", "unet")
+    if kind == "unet":
+        return Perturber(**spec)
+    if kind == "conv":
+        spec.pop("num_res_blocks", None)
+        return ConvPerturber(**spec)
+    raise ValueError(f"perturber kind '{kind}' is not known (expected one of: {', '.join(KINDS)})")

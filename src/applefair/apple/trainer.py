@@ -1,130 +1,270 @@
-"""Training APPLE: alternating discriminator and perturber steps on a frozen segmentor."""
+"""Training APPLE: alternating discriminator and perturber steps on a frozen segmentor.
+
+One epoch: for each batch, the frozen segmentor runs with the perturbers hooked in (from the
+latent cache when it can), D_p takes `n_d` steps on sg(f_p), then G_p takes one step on
+L_seg + adversarial term. After each epoch: validation Dice / ES-Dice, a *fresh* logistic
+probe's AUC on the validation latents (the judge of leakage, not D_p's own accuracy),
+selection, early stopping and an atomic checkpoint (so `resume` continues bit-for-bit).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
-from dataclasses import dataclass, field
+import math
+import os
+from pathlib import Path
 
+import numpy as np
 import torch
-from monai.losses import DiceCELoss
 from torch import nn
 from torch.utils.data import DataLoader
 
-from applefair.apple.discriminator import Discriminator
-from applefair.apple.losses import known_accuracy, known_ce, known_entropy
-from applefair.apple.patch import PatchedSegmentor, perturbers_for
+from applefair import distributed
+from applefair.apple.cache import LatentCache
+from applefair.apple.checkpoint import load_checkpoint, save_checkpoint
+from applefair.apple.config import AppleConfig
+from applefair.apple.discriminator import Discriminator, pool
+from applefair.apple.losses import (
+    SegLoss,
+    adversarial_term,
+    balanced_weights,
+    grad_reverse,
+    known_accuracy,
+    known_ce,
+    known_entropy,
+)
+from applefair.apple.patch import PatchedSegmentor, latent_shapes, perturbers_for
+from applefair.apple.perturber import latent_channels
 from applefair.data.groups import GroupSpec
 from applefair.data.manifest import SegmentationDataset
+from applefair.errors import InputError
 from applefair.io import state_dict_hash
 from applefair.metrics.evaluate import predict_scores
 from applefair.metrics.fairness import fairness_summary
+from applefair.metrics.leakage import probe_auc
 from applefair.models.registry import segment
+from applefair.models.train import augment_batch
 from applefair.progress import progress_bar
 from applefair.seeding import seed_everything
 
 log = logging.getLogger("applefair")
+CHECKPOINT = "checkpoint.safetensors"
 
-
-@dataclass
-class AppleConfig:
-    """APPLE's knobs. alpha weighs -CE(D_p), beta the entropy term, lam the perturbation norm."""
-
-    epochs: int = 30
-    batch_size: int = 16
-    alpha: float = 1.0
-    beta: float = 1.0
-    lam: float = 0.0
-    lr_g: float = 1e-3
-    lr_d: float = 1e-3
-    n_d: int = 1  # discriminator steps per perturber step
-    width: int = 32
-    sites: list[str] = field(default_factory=list)  # empty: the model's default site
-    tolerance: float = 0.01  # selection: overall val Dice may fall at most this below the deployed model's
-    seed: int = 0
+__all__ = ["AppleConfig", "evaluate_patched", "train_apple"]
 
 
 def _selection_score(summary: dict) -> float:
     return summary["fairness"].get("es_dice_sum", summary["overall"]["dice"])
 
 
-def train_apple(net: nn.Module, default_site: str, train: SegmentationDataset, val: SegmentationDataset,
-                groups: GroupSpec, cfg: AppleConfig, quiet: bool = False
-                ) -> tuple[PatchedSegmentor, list[dict], dict]:
-    """Fit perturber(s) and a discriminator per site; the segmentor's weights never change.
+def evaluate_patched(patched: PatchedSegmentor, dataset: SegmentationDataset, groups: GroupSpec,
+                     seed: int = 0) -> tuple[dict, float, object]:
+    """(fairness summary, fresh-probe AUC on the perturbed latents, per-sample scores) on `dataset`.
 
-    Returns the patched model (best epoch on validation: highest ES-Dice among epochs whose
-    overall Dice is within `tolerance` of the deployed model's; epoch 0 is the unchanged model),
-    the per-epoch history, and a check dict with the hash of the frozen weights before/after.
+    The probe reads the pooled mean/std of f_p at every perturbed site, concatenated."""
+    feats: dict[str, list[torch.Tensor]] = {s: [] for s in patched.sites}
+
+    def collect(lat: dict) -> None:
+        for s in patched.sites:
+            feats[s].append(pool(lat[s][1].detach()).float())
+
+    patched.on_latents = collect
+    try:
+        scores = predict_scores(patched, dataset, groups)
+    finally:
+        patched.on_latents = None
+    summary = fairness_summary(scores, groups.attribute, groups.groups)
+    x = torch.cat([torch.cat(feats[s]) for s in patched.sites], 1).numpy()
+    auc = probe_auc(x, np.asarray(dataset.group_ids), seed=seed)
+    return summary, auc, scores
+
+
+def _example_batch(dataset: SegmentationDataset, n: int = 2) -> dict:
+    loader = DataLoader(dataset, batch_size=min(n, len(dataset)), shuffle=False, generator=torch.Generator())
+    return next(iter(loader))
+
+
+def _build(net: nn.Module, sites: list[str], train: SegmentationDataset, groups: GroupSpec, cfg: AppleConfig
+           ) -> tuple[PatchedSegmentor, Discriminator]:
+    example = _example_batch(train)
+    extra = {"global_branch": cfg.global_branch}
+    if cfg.perturber == "unet":
+        extra["num_res_blocks"] = cfg.res_blocks
+    perturbers = perturbers_for(net, sites, example, cfg.width, cfg.perturber, **extra)
+    shapes = latent_shapes(net, sites, example)
+    patched = PatchedSegmentor(net, perturbers)
+    disc = Discriminator([latent_channels(shapes[s]) for s in sites], groups.num_groups, hidden=cfg.d_hidden,
+                         dropout=cfg.d_dropout, spectral_norm=cfg.d_spectral_norm, pooling=cfg.d_pooling)
+    return patched, disc
+
+
+def _clip(params, max_norm: float) -> None:
+    if max_norm > 0:
+        torch.nn.utils.clip_grad_norm_(list(params), max_norm)
+
+
+def train_apple(net: nn.Module, default_site: str, train: SegmentationDataset, val: SegmentationDataset,
+                groups: GroupSpec, cfg: AppleConfig, quiet: bool = False, head: str = "sigmoid",
+                run_dir: str | os.PathLike | None = None, resume: bool = False
+                ) -> tuple[PatchedSegmentor, list[dict], dict]:
+    """Fit perturber(s) and a discriminator; the segmentor's weights never change.
+
+    Returns the patched model (selected epoch; epoch 0 is the unchanged model), the per-epoch
+    history, and a check dict (hash of the frozen weights before/after, selected epoch, ...).
+    With `run_dir`, a checkpoint is written there after every epoch; `resume` continues from it.
     """
     gen = seed_everything(cfg.seed)
-    sites = cfg.sites or [default_site]
+    sites = list(cfg.sites or [default_site])
     hash_before = state_dict_hash(net)
-    example = train[0]["image"][None]
-    patched = PatchedSegmentor(net, perturbers_for(net, sites, example, cfg.width))
-    with torch.no_grad():
-        patched(example.repeat(2, 1, 1, 1))
-    discs = nn.ModuleDict({str(i): Discriminator(patched.latents[s][1].shape[1], groups.num_groups)
-                           for i, s in enumerate(sites)})
+    patched, disc = _build(net, sites, train, groups, cfg)
+    # under torchrun: DDP on each perturber (they run inside the frozen net's hooks) and on D_p;
+    # with one process both calls return the modules unchanged
+    distributed.wrap_children(patched.perturbers)
+    disc_step = distributed.wrap(disc)
     opt_g = torch.optim.Adam(patched.perturbers.parameters(), lr=cfg.lr_g)
-    opt_d = torch.optim.Adam(discs.parameters(), lr=cfg.lr_d)
-    seg_loss = DiceCELoss(sigmoid=True)
-    loader = DataLoader(train, batch_size=cfg.batch_size, shuffle=True, generator=gen, drop_last=len(train) > cfg.batch_size)
+    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr_d, betas=(0.5, 0.999))
+    seg_loss = SegLoss(head)
+    known = train.group_ids[train.group_ids >= 0]
+    freq = torch.tensor(np.bincount(known, minlength=groups.num_groups) / max(len(known), 1), dtype=torch.float32)
+    loader = distributed.make_loader(train, cfg.batch_size, shuffle=True, generator=gen,
+                                     drop_last=len(train) > cfg.batch_size)
 
-    def validate() -> dict:
-        return fairness_summary(predict_scores(patched, val, groups), groups.attribute, groups.groups)
+    cache = None
+    if cfg.cache != "off" and not cfg.augment:
+        folder = Path(run_dir) / "latent_cache" if (cfg.cache == "disk" and run_dir) else None
+        patched.enabled = False
+        try:
+            cache = LatentCache.build(net, sites, train, folder=folder)
+        except ValueError:
+            if cfg.cache != "auto":
+                raise
+        finally:
+            patched.enabled = True
+        if cache is not None:
+            log.info("latent cache: %s (%.1f MB)", cache.names, cache.nbytes() / 2**20)
 
-    base = validate()
-    floor = base["overall"]["dice"] - cfg.tolerance
-    best_score, best_epoch = _selection_score(base), 0
-    best_state = copy.deepcopy(patched.perturbers.state_dict())
-    history = [{"epoch": 0, "val_dice": base["overall"]["dice"], "val_es_dice": best_score}]
+    ckpt = Path(run_dir) / CHECKPOINT if run_dir else None
+    modules = {"perturbers": patched.perturbers, "disc": disc}
+    optims = {"g": opt_g, "d": opt_d}
+    if resume and ckpt is not None and ckpt.is_file():
+        meta, states = load_checkpoint(ckpt, modules=modules, optimizers=optims, generator=gen)
+        if meta["config"] != cfg.to_dict():
+            raise InputError(f"{ckpt}: the checkpoint was made with another APPLE config; "
+                             f"resume with the same options or start a new --out folder")
+        state = meta
+        best_state = states.get("best", {})
+        log.info("resuming APPLE after epoch %d", state["epoch"])
+    else:
+        base, base_auc, _ = evaluate_patched(patched, val, groups, cfg.seed)
+        state = {"epoch": 0, "best_epoch": 0, "best_score": _selection_score(base), "since_best": 0,
+                 "stopped": False, "base_dice": base["overall"]["dice"],
+                 "history": [{"epoch": 0, "val_dice": base["overall"]["dice"], "val_es_dice": _selection_score(base),
+                              "val_gap": base["fairness"].get("dice_delta", float("nan")), "probe_auc": base_auc}],
+                 "config": cfg.to_dict()}
+        best_state = copy.deepcopy(patched.perturbers.state_dict())
+    floor = state["base_dice"] - cfg.tolerance
+
     with progress_bar(quiet) as bar:
-        task = bar.add_task("APPLE (perturber vs discriminator)", total=cfg.epochs, info="")
-        for epoch in range(1, cfg.epochs + 1):
-            patched.train()
-            discs.train()
-            sums = {"l_seg": 0.0, "l_d": 0.0, "d_acc": 0.0, "d_entropy": 0.0}
-            for batch in loader:
-                x, y, a = batch["image"], batch["mask"], batch["group"]
-                logits = segment(patched, batch)
-                latents = [patched.latents[s][1] for s in sites]
-                for _ in range(cfg.n_d):  # discriminator: recover the group from sg(f_p)
-                    l_d = sum(known_ce(discs[str(i)](f.detach()), a) for i, f in enumerate(latents))
-                    opt_d.zero_grad(set_to_none=True)
-                    l_d.backward()
-                    opt_d.step()
-                l_seg = seg_loss(logits, y)
-                d_logits = [discs[str(i)](f) for i, f in enumerate(latents)]
-                l_adv = sum(known_ce(d, a) for d in d_logits)
-                l_ent = sum(known_entropy(d, a) for d in d_logits)
-                l_g = l_seg - cfg.alpha * l_adv - cfg.beta * l_ent
-                if cfg.lam:
-                    l_g = l_g + cfg.lam * sum((fp - fo).pow(2).mean() for fo, fp in patched.latents.values())
-                opt_g.zero_grad(set_to_none=True)
-                l_g.backward()
-                opt_g.step()
-                n = len(x)
-                sums["l_seg"] += float(l_seg) * n
-                sums["l_d"] += float(l_d) * n
-                sums["d_acc"] += known_accuracy(d_logits[0].detach(), a) * n
-                sums["d_entropy"] += float(l_ent) / len(sites) * n
-            row = {"epoch": epoch, **{k: v / len(train) for k, v in sums.items()}}
-            summary = validate()
-            row["val_dice"] = summary["overall"]["dice"]
-            row["val_es_dice"] = _selection_score(summary)
-            history.append(row)
+        task = bar.add_task("APPLE (perturber vs discriminator)", total=cfg.epochs, info="",
+                            completed=state["epoch"])
+        for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
+            if state["stopped"]:
+                break
+            row = _epoch(epoch, patched, disc_step, loader, cache, seg_loss, opt_g, opt_d, freq, gen, cfg, sites)
+            summary, auc, _ = evaluate_patched(patched, val, groups, cfg.seed)
+            row.update(val_dice=summary["overall"]["dice"], val_es_dice=_selection_score(summary),
+                       val_gap=summary["fairness"].get("dice_delta", float("nan")), probe_auc=auc)
+            state["history"].append(row)
             log.info("apple epoch %d %s", epoch, {k: round(v, 4) for k, v in row.items()})
-            if row["val_dice"] >= floor and row["val_es_dice"] > best_score:
-                best_score, best_epoch = row["val_es_dice"], epoch
+            feasible = row["val_dice"] >= floor and row["val_es_dice"] > state["best_score"]
+            improved = cfg.selection == "last" or feasible
+            if improved:
+                state.update(best_score=row["val_es_dice"], best_epoch=epoch, since_best=0)
                 best_state = copy.deepcopy(patched.perturbers.state_dict())
+            elif epoch > cfg.d_warmup:
+                state["since_best"] += 1
+            state["epoch"] = epoch
+            if cfg.patience and state["since_best"] >= cfg.patience:
+                state["stopped"] = True
+                log.info("early stop after epoch %d (best epoch %d)", epoch, state["best_epoch"])
+            if ckpt is not None:
+                save_checkpoint(ckpt, modules=modules, states={"best": best_state}, optimizers=optims,
+                                generator=gen, meta=state)
             bar.update(task, advance=1, info=f"L_seg {row['l_seg']:.3f} D acc {row['d_acc']:.2f} "
-                                             f"val ES-Dice {row['val_es_dice']:.3f}")
+                                             f"probe AUC {auc:.2f} val ES-Dice {row['val_es_dice']:.3f}")
     patched.perturbers.load_state_dict(best_state)
+    distributed.unwrap_children(patched.perturbers)
     patched.eval()
     hash_after = state_dict_hash(patched.net)
     check = {"hash_before": hash_before, "hash_after": hash_after, "unchanged": hash_before == hash_after,
-             "selected_epoch": best_epoch, "sites": sites}
+             "selected_epoch": state["best_epoch"], "sites": sites, "stopped_early": state["stopped"],
+             "base_val_dice": state["base_dice"], "cache": cache.names if cache else []}
     if not check["unchanged"]:
         raise RuntimeError("the deployed segmentor's weights changed during APPLE training")
-    return patched, history, check
+    return patched, state["history"], check
+
+
+def _epoch(epoch: int, patched: PatchedSegmentor, disc: Discriminator, loader: DataLoader,
+           cache: LatentCache | None, seg_loss: SegLoss, opt_g, opt_d, freq: torch.Tensor,
+           gen: torch.Generator, cfg: AppleConfig, sites: list[str]) -> dict:
+    """One epoch of the game; returns the epoch's mean training statistics."""
+    warm = epoch <= cfg.d_warmup
+    factor = 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / cfg.epochs)) if cfg.cosine else 1.0
+    for opt, lr in ((opt_g, cfg.lr_g), (opt_d, cfg.lr_d)):
+        for group in opt.param_groups:
+            group["lr"] = lr * factor
+    patched.train()
+    disc.train()
+    sums = {"l_seg": 0.0, "l_d": 0.0, "d_acc": 0.0, "d_entropy": 0.0, "pert_norm": 0.0}
+    seen = 0
+    for batch in loader:
+        a = batch["group"]
+        if cfg.augment:
+            x, y = augment_batch(batch["image"], batch["mask"], gen)
+            batch = {**batch, "image": x, "mask": y}
+        ctx = cache.replay(batch["index"]) if cache is not None else contextlib.nullcontext()
+        with ctx, (torch.no_grad() if warm else contextlib.nullcontext()):
+            logits = segment(patched, batch)
+        latents = [patched.latents[s][1] for s in sites]
+        l_d = torch.zeros(())
+        if warm or cfg.objective != "grl":
+            for _ in range(cfg.n_d):
+                d_logits = disc([f.detach() for f in latents])
+                l_d = known_ce(d_logits, a, cfg.d_label_smoothing)
+                opt_d.zero_grad(set_to_none=True)
+                l_d.backward()
+                _clip(disc.parameters(), cfg.grad_clip)
+                opt_d.step()
+        per_sample = seg_loss(logits, batch["mask"])
+        weights = balanced_weights(a, freq) if cfg.balanced_seg else torch.ones_like(per_sample)
+        l_seg = (per_sample * weights).mean()
+        pert = sum((fp - fo).pow(2).mean() for fo, fp in patched.latents.values()) / len(sites)
+        if warm:
+            d_logits = d_logits.detach()
+        else:
+            if cfg.objective == "grl":
+                d_logits = disc([grad_reverse(f, cfg.alpha) for f in latents])
+                l_d = known_ce(d_logits, a, cfg.d_label_smoothing)
+            else:
+                d_logits = disc(latents)
+            l_g = l_seg + adversarial_term(cfg.objective, d_logits, a, cfg.alpha, cfg.beta)
+            if cfg.lam:
+                l_g = l_g + cfg.lam * pert
+            opt_g.zero_grad(set_to_none=True)
+            opt_d.zero_grad(set_to_none=True)
+            l_g.backward()
+            _clip(patched.perturbers.parameters(), cfg.grad_clip)
+            opt_g.step()
+            if cfg.objective == "grl":
+                _clip(disc.parameters(), cfg.grad_clip)
+                opt_d.step()
+        n = len(a)
+        seen += n
+        sums["l_seg"] += float(l_seg.detach()) * n
+        sums["l_d"] += float(l_d.detach()) * n
+        sums["d_acc"] += known_accuracy(d_logits.detach(), a) * n
+        sums["d_entropy"] += float(known_entropy(d_logits.detach(), a)) * n
+        sums["pert_norm"] += float(pert.detach()) * n
+    return {"epoch": epoch, "warmup": warm, **{k: v / max(seen, 1) for k, v in sums.items()}}

@@ -1,7 +1,11 @@
-"""The data contract: manifests of (image, mask, split, attributes), groups, synthetic data."""
+"""The data contract: manifests of (image, mask, split, attributes), groups, readers, synthetic data."""
 
-from applefair.data.groups import GroupSpec
-from applefair.data.manifest import SegmentationDataset, read_manifest
-from applefair.data.synthetic import BIASES, generate
+from applefair.data.formats import READERS, detect_format, load_dataset
+from applefair.data.groups import GroupSpec, SmallGroupWarning
+from applefair.data.loaders import LoadOptions
+from applefair.data.manifest import SegmentationDataset, assign_splits, read_manifest
+from applefair.data.synthetic import BIASES, KINDS, generate
+from applefair.data.validate import validate_samples
 
-__all__ = ["BIASES", "GroupSpec", "SegmentationDataset", "generate", "read_manifest"]
+__all__ = ["BIASES", "KINDS", "READERS", "GroupSpec", "LoadOptions", "SegmentationDataset", "SmallGroupWarning",
+           "assign_splits", "detect_format", "generate", "load_dataset", "read_manifest", "validate_samples"]

@@ -1,12 +1,12 @@
-"""The built-in synthetic biased benchmark: ultrasound-like nodules.
+"""The built-in synthetic biased benchmark: two kinds, several bias mechanisms.
 
-Each image is a speckled B-mode-like scan (multiplicative Rayleigh speckle over a smooth
-tissue map, depth attenuation) with one hypoechoic (darker) lesion whose border is
-irregular (a radius modulated by low-order harmonics). The binary mask is the lesion.
+``nodules`` (a TUSC analogue, attribute ``sex``): a speckled B-mode-like scan (multiplicative
+Rayleigh speckle over a smooth tissue map, depth attenuation) with one hypoechoic lesion whose
+border is irregular (a radius modulated by low-order harmonics). The mask is the lesion.
+``vessels`` (a FIVES / FairSeg analogue, attribute ``age`` in years): see `applefair.data.vessels`.
 
-The sensitive attribute `sex` (F/M; F is the minority by default) changes acquisition
-through a *bias mechanism*, so that an ERM model trained on the mixture is less accurate
-for one group and the group is decodable from its latent:
+The attribute changes acquisition or anatomy through a *bias mechanism*, so that an ERM
+model trained on the mixture is less accurate for one group (the minority: F, or age >= 60):
 
 - ``contrast`` (difficulty-type): the minority's scans have lower lesion contrast and heavier,
   coarser speckle, as with a lower-end probe or harder-to-image patients. The information
@@ -17,15 +17,19 @@ for one group and the group is decodable from its latent:
 - ``artifact`` (shortcut-type): in the majority group a bright echogenic rim (a boundary echo as
   produced by the majority's scanner preset) outlines the lesion; the minority's scans lack it.
   A model that leans on the rim finds weaker borders in the minority.
+- ``anatomy`` (shortcut-type, a shift of the anatomy distribution): the minority's lesions are
+  smaller (radius x (1 - 0.45 strength)); a model fitted to the majority's sizes misjudges them.
 - ``none``: no group effect (a control; both groups are drawn the same way).
 
 Everything is deterministic from the seed. Output follows the manifest contract:
-``manifest.csv`` with ``id, image, mask, split, sex`` and PNG files (image 8-bit grey, mask 0/255).
+``manifest.csv`` with ``id, image, mask, split, <attribute>`` and PNG files (image 8-bit grey,
+mask 0/255).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,10 +38,14 @@ import pandas as pd
 from PIL import Image
 from scipy import ndimage
 
+from applefair.data import vessels
 from applefair.errors import InputError
 from applefair.io import atomic_path, write_csv
 
-BIASES = ("contrast", "gain", "artifact", "none")
+BIASES = ("contrast", "gain", "artifact", "anatomy", "none")
+KINDS = ("nodules", "vessels")
+KIND_OF_BIAS = {"contrast": "difficulty", "gain": "shortcut", "artifact": "shortcut", "anatomy": "shortcut",
+                "none": "control"}
 SPLITS = ("train", "val", "test")
 
 
@@ -51,6 +59,7 @@ class Acquisition:
     gain: float = 1.0  # multiplicative gain
     offset: float = 0.0  # added after gain (dynamic-range compression)
     rim: float = 0.0  # brightness of an echogenic rim on the lesion border
+    lesion_scale: float = 1.0  # multiplies the lesion radius range
 
 
 def acquisitions(bias: str, strength: float = 1.0) -> dict[str, Acquisition]:
@@ -66,6 +75,8 @@ def acquisitions(bias: str, strength: float = 1.0) -> dict[str, Acquisition]:
         return {"M": base, "F": Acquisition(gain=1.0 - 0.45 * s, offset=0.45 * s)}
     if bias == "artifact":
         return {"M": Acquisition(rim=0.9 * s), "F": base}
+    if bias == "anatomy":
+        return {"M": base, "F": Acquisition(lesion_scale=max(0.2, 1.0 - 0.45 * s))}
     raise InputError(f"bias '{bias}' is not known (expected one of: {', '.join(BIASES)})")
 
 
@@ -74,9 +85,9 @@ def _smooth_noise(rng: np.random.Generator, size: int, sigma: float) -> np.ndarr
     return field / (field.std() + 1e-8)
 
 
-def lesion_mask(rng: np.random.Generator, size: int) -> np.ndarray:
+def lesion_mask(rng: np.random.Generator, size: int, scale: float = 1.0) -> np.ndarray:
     """An irregular blob: radius modulated by harmonics 2-5 with random phases."""
-    r0 = rng.uniform(0.12, 0.22) * size
+    r0 = rng.uniform(0.12, 0.22) * size * scale
     margin = r0 * 1.5 + 2
     cy, cx = rng.uniform(margin, size - margin, size=2)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
@@ -112,42 +123,58 @@ def render(rng: np.random.Generator, mask: np.ndarray, acq: Acquisition) -> np.n
 
 def generate(out_dir: str | os.PathLike, n: int = 800, size: int = 96, bias: str = "contrast",
              minority_share: float = 0.25, strength: float = 1.0, seed: int = 0,
-             split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)) -> Path:
+             split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2), kind: str = "nodules",
+             on_image: Callable[[int], None] | None = None) -> Path:
     """Write `n` images, masks and `manifest.csv` into `out_dir`; return the manifest path.
 
-    The minority group (F) has the same share in every split (stratified), so test
-    groups are large enough to measure.
+    The minority group has the same share in every split (stratified), so test groups are
+    large enough to measure.
     """
+    if kind not in KINDS:
+        raise InputError(f"kind '{kind}' is not known (expected one of: {', '.join(KINDS)})")
+    if bias not in BIASES:
+        raise InputError(f"bias '{bias}' is not known (expected one of: {', '.join(BIASES)})")
     if n < 10:
         raise InputError(f"n={n}: the synthetic benchmark needs at least 10 images")
     if not 0.0 < minority_share < 1.0:
         raise InputError(f"minority_share={minority_share}: expected a value strictly between 0 and 1")
     if size < 32:
         raise InputError(f"size={size}: expected at least 32 px")
-    acq = acquisitions(bias, strength)
+    if strength < 0:
+        raise InputError(f"strength={strength}: expected a value >= 0")
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     n_min = int(round(n * minority_share))
-    sexes = np.array(["F"] * n_min + ["M"] * (n - n_min))
-    rng.shuffle(sexes)
+    minority = np.array([True] * n_min + [False] * (n - n_min))
+    rng.shuffle(minority)
     splits = np.empty(n, dtype=object)
-    for g in ("F", "M"):
-        idx = np.flatnonzero(sexes == g)
+    for g in (True, False):
+        idx = np.flatnonzero(minority == g)
         cuts = np.cumsum([int(round(f * len(idx))) for f in split_fractions[:2]])
         for name, part in zip(SPLITS, np.split(idx, cuts), strict=True):
             splits[part] = name
     rows = []
     for i in range(n):
         sample_rng = np.random.default_rng([seed, i])
-        mask = lesion_mask(sample_rng, size)
-        img = render(sample_rng, mask, acq[sexes[i]])
-        sid = f"nod{i:05d}"
+        if kind == "nodules":
+            sex = "F" if minority[i] else "M"
+            acq = acquisitions(bias, strength)[sex]
+            mask = lesion_mask(sample_rng, size, acq.lesion_scale)
+            img = render(sample_rng, mask, acq)
+            sid, attrs = f"nod{i:05d}", {"sex": sex}
+        else:
+            look = vessels.looks(bias, strength)["old" if minority[i] else "young"]
+            age = vessels.draw_age(sample_rng, bool(minority[i]))
+            img, mask = vessels.render_fundus(sample_rng, size, look)
+            sid, attrs = f"ves{i:05d}", {"age": age}
         _write_png(out / "images" / f"{sid}.png", np.round(img * 255).astype(np.uint8))
         _write_png(out / "masks" / f"{sid}.png", mask.astype(np.uint8) * 255)
         rows.append({"id": sid, "image": f"images/{sid}.png", "mask": f"masks/{sid}.png",
-                     "split": splits[i], "sex": sexes[i]})
+                     "split": splits[i], **attrs})
+        if on_image is not None:
+            on_image(i)
     manifest = out / "manifest.csv"
     write_csv(manifest, pd.DataFrame(rows))
     return manifest

@@ -1,6 +1,9 @@
-"""Per-sample segmentation metrics and group fairness aggregates."""
+"""Per-sample segmentation metrics, group fairness aggregates with CIs, paired comparison, leakage."""
 
-from applefair.metrics.fairness import fairness_summary
-from applefair.metrics.segmentation import per_sample_metrics
+from applefair.metrics.compare import aggregate_comparisons, aggregate_seeds, paired_comparison
+from applefair.metrics.fairness import fairness_summary, group_fairness
+from applefair.metrics.frame import GroupMetricFrame
+from applefair.metrics.segmentation import METRICS, per_sample_metrics
 
-__all__ = ["fairness_summary", "per_sample_metrics"]
+__all__ = ["METRICS", "GroupMetricFrame", "aggregate_comparisons", "aggregate_seeds", "fairness_summary",
+           "group_fairness", "paired_comparison", "per_sample_metrics"]

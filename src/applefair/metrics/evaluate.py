@@ -1,7 +1,10 @@
-"""Run a segmentor over a split and score every sample."""
+"""Run a segmentor over a split, score every sample, and collect the latents the decoder sees."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
@@ -9,22 +12,72 @@ from torch.utils.data import DataLoader
 
 from applefair.data.groups import GroupSpec
 from applefair.data.manifest import SegmentationDataset
+from applefair.metrics.leakage import pool_latent
 from applefair.metrics.segmentation import per_sample_metrics
 from applefair.models.registry import segment
+from applefair.models.sites import find_module
+from applefair.progress import progress_bar
+
+
+def _probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """Sigmoid for one output channel (binary head), softmax for several (multi-class head)."""
+    return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
 
 
 @torch.no_grad()
-def predict_scores(model: nn.Module, dataset: SegmentationDataset, groups: GroupSpec,
-                   batch_size: int = 32, device: str = "cpu") -> pd.DataFrame:
-    """Per-sample table: id, group (name or 'unknown'), dice, iou."""
+def score_and_capture(model: nn.Module, dataset: SegmentationDataset, groups: GroupSpec, *,
+                      metrics: Sequence[str] = ("dice", "iou"), sites: Sequence[str] = (),
+                      class_names: Sequence[str] | None = None, nsd_tolerance: float = 2.0,
+                      batch_size: int = 32, device: str = "cpu", quiet: bool = True,
+                      ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Per-sample table (id, group, one column per metric) and pooled latents per site, (N, F) each.
+
+    Latents are what each site's module outputs; for a `PatchedSegmentor` whose perturbers are
+    enabled that is f_p (the decoder's input), and f_o when they are disabled.
+    """
     was = model.training
     model.eval()
+    pooled: dict[str, list[torch.Tensor]] = {s: [] for s in sites}
+    patched_sites = set(getattr(model, "sites", []))
+    hooks = []
+    for s in sites:
+        if s in patched_sites:
+            continue
+        target = model.net if hasattr(model, "net") and patched_sites else model
+        hooks.append(find_module(target, s).register_forward_hook(
+            lambda _m, _i, out, s=s: pooled[s].append(pool_latent(out.detach().float()).cpu())))
     rows = []
-    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
-        logits = segment(model, {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()})
-        scores = per_sample_metrics(torch.sigmoid(logits).cpu(), batch["mask"])
-        for j, idx in enumerate(batch["index"].tolist()):
-            rows.append({"id": dataset.ids[idx], "group": groups.name(int(batch["group"][j])),
-                         "dice": float(scores["dice"][j]), "iou": float(scores["iou"][j])})
-    model.train(was)
-    return pd.DataFrame(rows, columns=["id", "group", "dice", "iou"])
+    try:
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+        with progress_bar(quiet) as bar:
+            task = bar.add_task("evaluate", total=len(loader), info="")
+            for batch in loader:
+                logits = segment(model, {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()})
+                for s in sites:
+                    if s in patched_sites:
+                        pooled[s].append(pool_latent(model.latents[s][1].detach().float()).cpu())
+                scores = per_sample_metrics(_probabilities(logits.float()).cpu(), batch["mask"], metrics=metrics,
+                                            class_names=class_names, nsd_tolerance=nsd_tolerance)
+                for j, idx in enumerate(batch["index"].tolist()):
+                    row = {"id": dataset.ids[idx], "group": groups.name(int(batch["group"][j]))}
+                    row.update({k: float(v[j]) for k, v in scores.items()})
+                    rows.append(row)
+                bar.update(task, advance=1)
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        frame = pd.DataFrame(columns=["id", "group", *metrics])
+    return frame, {s: torch.cat(v).numpy() if v else np.zeros((0, 0)) for s, v in pooled.items()}
+
+
+def predict_scores(model: nn.Module, dataset: SegmentationDataset, groups: GroupSpec,
+                   batch_size: int = 32, device: str = "cpu", *,
+                   metrics: Sequence[str] = ("dice", "iou"), class_names: Sequence[str] | None = None,
+                   nsd_tolerance: float = 2.0) -> pd.DataFrame:
+    """Per-sample table: id, group (name or 'unknown'), and one column per metric (default dice, iou)."""
+    frame, _ = score_and_capture(model, dataset, groups, metrics=metrics, class_names=class_names,
+                                 nsd_tolerance=nsd_tolerance, batch_size=batch_size, device=device)
+    return frame

@@ -1,20 +1,123 @@
-"""Per-sample Dice and IoU via MONAI.
+"""Per-sample segmentation metrics via MONAI: Dice, IoU, HD95 and normalised surface Dice.
 
-Convention for empty masks (as Harvard-FairSeg): if both the ground truth and the
-prediction are empty the sample scores Dice = IoU = 1; empty truth with a non-empty
-prediction scores 0.
+Convention for empty masks (decided here, documented in docs/metrics.md):
+
+- truth and prediction both empty: Dice = IoU = NSD = 1 and HD95 = 0 (a correct "nothing
+  there", as Harvard-FairSeg scores it);
+- exactly one of them empty: Dice = IoU = NSD = 0 and HD95 = the image diagonal (the largest
+  distance the image allows, in the same units as `spacing`), so that means stay finite and a
+  miss counts as the worst case instead of silently dropping out as NaN.
+
+Multi-class masks are scored per foreground class (``dice_<class>``...); the unsuffixed
+column (``dice``) is then the mean over foreground classes.
 """
 
 from __future__ import annotations
 
+import math
+import warnings
+from collections.abc import Sequence
+
 import torch
-from monai.metrics import compute_dice, compute_iou
+import torch.nn.functional as F
+from monai.metrics import compute_dice, compute_hausdorff_distance, compute_iou, compute_surface_dice
+
+METRICS = ("dice", "iou", "hd95", "nsd")
+HIGHER_IS_BETTER = {"dice": True, "iou": True, "nsd": True, "hd95": False}
 
 
-def per_sample_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-    """`pred`, `target`: binary (B, 1, H, W). Returns {'dice': (B,), 'iou': (B,)}."""
-    pred = (pred > 0.5).float()
-    target = (target > 0.5).float()
-    dice = compute_dice(pred, target, include_background=True, ignore_empty=False)
-    iou = compute_iou(pred, target, include_background=True, ignore_empty=False)
-    return {"dice": dice.reshape(-1), "iou": iou.reshape(-1)}
+def metric_base(column: str) -> str:
+    """'dice_cup' -> 'dice'; 'hd95' -> 'hd95'; unknown names are returned unchanged."""
+    for m in METRICS:
+        if column == m or column.startswith(m + "_"):
+            return m
+    return column
+
+
+def to_onehot(pred: torch.Tensor, target: torch.Tensor, threshold: float = 0.5
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Binary foreground channels (B, K, H, W) of prediction and truth, background excluded.
+
+    `pred` is (B, 1, H, W) probabilities (binary, thresholded) or (B, C, H, W) scores with C > 1
+    (multi-class, argmax). `target` is (B, 1, H, W) binary or integer labels, or (B, C, H, W) one-hot.
+    """
+    if pred.ndim != 4 or target.ndim != 4:
+        raise ValueError(f"expected (B, C, H, W) tensors, got pred {tuple(pred.shape)}, "
+                         f"target {tuple(target.shape)}")
+    c = pred.shape[1]
+    if c == 1:
+        return (pred > threshold).float(), (target > 0.5).float()
+    p = F.one_hot(pred.argmax(1), c).permute(0, 3, 1, 2).float()
+    if target.shape[1] == 1:
+        labels = target[:, 0].round().long().clamp(0, c - 1)
+        t = F.one_hot(labels, c).permute(0, 3, 1, 2).float()
+    else:
+        t = (target > 0.5).float()
+    return p[:, 1:], t[:, 1:]
+
+
+def per_sample_metrics(pred: torch.Tensor, target: torch.Tensor, *,
+                       metrics: Sequence[str] = ("dice", "iou"),
+                       class_names: Sequence[str] | None = None,
+                       spacing: float | Sequence[float] | None = None,
+                       nsd_tolerance: float = 2.0,
+                       threshold: float = 0.5) -> dict[str, torch.Tensor]:
+    """Per-sample scores, each a (B,) tensor.
+
+    `pred`: (B, 1, H, W) probabilities or (B, C, H, W) class scores; `target`: see `to_onehot`.
+    `metrics` chooses among dice, iou, hd95 (95th percentile Hausdorff distance, in pixels unless
+    `spacing` is given) and nsd (normalised surface Dice with `nsd_tolerance` in the same units).
+    For multi-class input the result also holds ``<metric>_<class>`` per foreground class.
+    """
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}; expected some of {METRICS}")
+    p, t = to_onehot(pred, target, threshold)
+    k = p.shape[1]
+    names = list(class_names) if class_names is not None else [str(i) for i in range(1, k + 1)]
+    if len(names) != k:
+        raise ValueError(f"{len(names)} class names for {k} foreground classes")
+    p_empty = p.flatten(2).sum(-1) == 0  # (B, K)
+    t_empty = t.flatten(2).sum(-1) == 0
+    both, one = p_empty & t_empty, p_empty ^ t_empty
+    diag = _diagonal(p.shape[2:], spacing)
+    scores: dict[str, torch.Tensor] = {}
+    for m in metrics:
+        scores[m] = _one_metric(m, p, t, spacing, nsd_tolerance, both, one, diag)  # (B, K)
+    out: dict[str, torch.Tensor] = {}
+    for m, s in scores.items():
+        out[m] = s.mean(1)
+        if k > 1:
+            for j, name in enumerate(names):
+                out[f"{m}_{name}"] = s[:, j]
+    return out
+
+
+def _one_metric(m: str, p: torch.Tensor, t: torch.Tensor, spacing, tol: float,
+                both: torch.Tensor, one: torch.Tensor, diag: float) -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # MONAI warns on empty masks; the convention handles them
+        if m == "dice":
+            s = compute_dice(p, t, include_background=True, ignore_empty=False)
+        elif m == "iou":
+            s = compute_iou(p, t, include_background=True, ignore_empty=False)
+        elif m == "hd95":
+            s = compute_hausdorff_distance(p, t, include_background=True, percentile=95, spacing=spacing)
+        else:
+            s = compute_surface_dice(p, t, class_thresholds=[tol] * p.shape[1], include_background=True,
+                                     spacing=spacing)
+    s = s.float().reshape(p.shape[0], p.shape[1]).clone()
+    good, bad = (0.0, diag) if m == "hd95" else (1.0, 0.0)
+    s[both] = good
+    s[one] = bad
+    return s
+
+
+def _diagonal(shape: Sequence[int], spacing) -> float:
+    if spacing is None:
+        sp = [1.0] * len(shape)
+    elif isinstance(spacing, (int, float)):
+        sp = [float(spacing)] * len(shape)
+    else:
+        sp = [float(v) for v in spacing]
+    return math.sqrt(sum((n * s) ** 2 for n, s in zip(shape, sp, strict=True)))

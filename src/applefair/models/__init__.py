@@ -1,14 +1,18 @@
 """Segmentor zoo and latent sites (where the encoder E_s ends and the decoder D_s begins)."""
 
+from applefair.models.checkpoints import load_checkpoint, read_checkpoint
+from applefair.models.prompts import PromptConfig, derive_prompts
 from applefair.models.registry import (
     ModelSpec,
     create_segmentor,
     list_models,
     load_model_dir,
+    model_info,
     save_model_dir,
     segment,
 )
-from applefair.models.sites import find_module, unet_bottleneck_site
+from applefair.models.sites import find_module, list_sites, unet_bottleneck_site
 
-__all__ = ["ModelSpec", "create_segmentor", "find_module", "list_models", "load_model_dir",
-           "save_model_dir", "segment", "unet_bottleneck_site"]
+__all__ = ["ModelSpec", "PromptConfig", "create_segmentor", "derive_prompts", "find_module", "list_models",
+           "list_sites", "load_checkpoint", "load_model_dir", "model_info", "read_checkpoint", "save_model_dir",
+           "segment", "unet_bottleneck_site"]

@@ -17,6 +17,8 @@ from torch import nn
 
 from applefair.errors import InputError
 from applefair.io import load_tensors, save_tensors, write_yaml
+from applefair.models.checkpoints import apply_state, unique_state
+from applefair.models.prompts import PromptedModule
 
 
 @dataclass
@@ -27,40 +29,51 @@ class ModelSpec:
     args: dict = field(default_factory=dict)
     head: str = "sigmoid"  # sigmoid: binary, one output channel
     site: str = ""  # default latent site (filled by the builder)
+    skip_sites: list[str] = field(default_factory=list)  # one site per skip level, shallow to deep
 
 
-_BUILDERS: dict[str, Callable[..., tuple[nn.Module, str]]] = {}
+_BUILDERS: dict[str, Callable[..., tuple]] = {}
 _TINY: dict[str, dict] = {}
+_SUMMARY: dict[str, str] = {}
 
 
-def register(name: str, tiny: dict | None = None):
+def register(name: str, tiny: dict | None = None, summary: str = ""):
+    """Add a builder `fn(**args) -> (net, default_site[, skip_sites])` under `name`;
+    `tiny` holds the arguments of its CPU-test size."""
     def deco(fn):
         _BUILDERS[name] = fn
         _TINY[name] = dict(tiny or {})
+        _SUMMARY[name] = summary or ((fn.__doc__ or "").strip().splitlines() or [""])[0]
         return fn
     return deco
-
-
-@register("unet", tiny={"channels": [8, 16, 32, 64], "strides": [2, 2, 2], "num_res_units": 1})
-def _unet(in_channels: int = 1, out_channels: int = 1, channels=(16, 32, 64, 128), strides=(2, 2, 2),
-          num_res_units: int = 2, dropout: float = 0.0) -> tuple[nn.Module, str]:
-    from monai.networks.nets import UNet
-
-    from applefair.models.sites import unet_bottleneck_site
-
-    net = UNet(spatial_dims=2, in_channels=in_channels, out_channels=out_channels, channels=tuple(channels),
-               strides=tuple(strides), num_res_units=num_res_units, dropout=dropout, norm="batch")
-    return net, unet_bottleneck_site(net)
 
 
 def segment(net: nn.Module, batch: dict) -> torch.Tensor:
     """Logits of `net` for a batch dict (image, mask, index, ...): the one call site every
     trainer and evaluator uses, so prompt-based models can derive their prompts here."""
-    return net(batch["image"])
+    if hasattr(net, "segment_batch"):  # wrappers needing more than the image (group routing, input perturbers)
+        return net.segment_batch(batch)
+    prompted = [m for m in net.modules() if isinstance(m, PromptedModule) and m.prompt is not None]
+    if not prompted:
+        return net(batch["image"])
+    for m in prompted:  # prompts from this batch's masks and indices, for this one forward pass
+        m.set_batch(batch)
+    try:
+        return net(batch["image"])
+    finally:
+        for m in prompted:
+            m.set_batch(None)
 
 
 def list_models() -> list[str]:
     return sorted(_BUILDERS)
+
+
+def model_info(name: str) -> dict:
+    """Summary line and tiny arguments of a registered model."""
+    if name not in _BUILDERS:
+        raise InputError(f"model '{name}' is not known (expected one of: {', '.join(list_models())})")
+    return {"name": name, "summary": _SUMMARY.get(name, ""), "tiny": dict(_TINY[name])}
 
 
 def create_segmentor(name: str, tiny: bool = False, **kwargs) -> tuple[nn.Module, ModelSpec]:
@@ -69,15 +82,17 @@ def create_segmentor(name: str, tiny: bool = False, **kwargs) -> tuple[nn.Module
         raise InputError(f"model '{name}' is not known (expected one of: {', '.join(list_models())})")
     args = {**(_TINY[name] if tiny else {}), **kwargs}
     try:
-        net, site = _BUILDERS[name](**args)
+        built = _BUILDERS[name](**args)
     except TypeError as exc:
         raise InputError(f"model '{name}': bad arguments {args} ({exc})") from None
-    return net, ModelSpec(name=name, args=args, site=site)
+    net, site, skips = (*built, []) if len(built) == 2 else built
+    return net, ModelSpec(name=name, args=args, site=site, skip_sites=list(skips))
 
 
 def save_model_dir(out: str | os.PathLike, net: nn.Module, spec: ModelSpec) -> None:
+    """Write model.safetensors (each tensor once) and model.yaml (name, arguments, sites)."""
     out = Path(out)
-    save_tensors(out / "model.safetensors", net.state_dict(), metadata={"applefair_model": spec.name})
+    save_tensors(out / "model.safetensors", unique_state(net), metadata={"applefair_model": spec.name})
     write_yaml(out / "model.yaml", asdict(spec))
 
 
@@ -94,21 +109,14 @@ def load_model_dir(path: str | os.PathLike) -> tuple[nn.Module, ModelSpec]:
         raise InputError(f"{meta}: invalid model description ({exc})") from None
     net, built = create_segmentor(spec.name, **spec.args)
     spec.site = spec.site or built.site
-    state = load_tensors(path / "model.safetensors")
-    missing, unexpected = _compare_keys(net, state)
-    if missing or unexpected:
-        raise InputError(f"{path / 'model.safetensors'}: weights do not fit architecture '{spec.name}' "
-                         f"({len(missing)} missing, {len(unexpected)} unexpected keys, e.g. "
-                         f"{(missing + unexpected)[0]})")
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[-1].strip()
-        raise InputError(f"{path / 'model.safetensors'}: weights do not fit architecture "
-                         f"'{spec.name}' ({first})") from None
+    spec.skip_sites = spec.skip_sites or built.skip_sites
+    apply_state(net, spec.name, load_tensors(path / "model.safetensors"), path / "model.safetensors")
     return net, spec
 
 
-def _compare_keys(net: nn.Module, state: dict) -> tuple[list[str], list[str]]:
-    own = set(net.state_dict())
-    return sorted(own - set(state)), sorted(set(state) - own)
+def _load_zoo() -> None:
+    """Import the model families; each registers its names."""
+    from applefair.models import sam, unets  # noqa: F401
+
+
+_load_zoo()

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
+from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from applefair.errors import InputError
@@ -45,3 +48,96 @@ def unet_skip_sites(net: nn.Module) -> list[str]:
         sites.append(f"{path}.0")  # the down block whose output is both skipped and fed deeper
         idx = children.index(skip)
         path, module = f"{path}.{idx}.submodule", skip.submodule
+
+
+def attention_unet_sites(net: nn.Module) -> tuple[str, list[str]]:
+    """(bottleneck, skips) of a MONAI AttentionUnet: the ConvBlock feeding each AttentionLayer
+    is a skip level; the innermost AttentionLayer's `submodule` is the bottleneck."""
+    from monai.networks.nets.attentionunet import AttentionLayer
+
+    skips, path, module = ["model.0"], "model.1", net.model[1]
+    while isinstance(module, AttentionLayer):
+        sub = module.submodule
+        if isinstance(sub, nn.Sequential) and len(sub) == 2 and isinstance(sub[1], AttentionLayer):
+            skips.append(f"{path}.submodule.0")
+            path, module = f"{path}.submodule.1", sub[1]
+        else:
+            return f"{path}.submodule", skips
+    raise ValueError(f"unexpected AttentionUnet layout at '{path}'")
+
+
+def feature_sites(net: nn.Module, prefix: str, encoder: nn.Module, example: torch.Tensor) -> list[str]:
+    """Sites of an encoder that returns a list of feature maps (segmentation_models_pytorch):
+    for each feature (shallow to deep, the input itself excluded), the module that last returned
+    that very tensor object, found by running the encoder once."""
+    produced: dict[int, str] = {}
+    handles = []
+    for name, module in encoder.named_modules():
+        if name:
+            def hook(_m, _i, out, name=name):
+                if torch.is_tensor(out):  # the last module to return the object: the outer container,
+                    produced[id(out)] = name  # or the in-place activation after a norm layer
+            handles.append(module.register_forward_hook(hook))
+    try:
+        was = encoder.training
+        encoder.eval()
+        with torch.no_grad():
+            features = encoder(example)
+        encoder.train(was)
+    finally:
+        for h in handles:
+            h.remove()
+    sites = [f"{prefix}.{produced[id(f)]}" for f in features[1:] if id(f) in produced]
+    if not sites:
+        raise ValueError(f"no module of {type(encoder).__name__} outputs its features")
+    return sites
+
+
+@dataclass
+class SiteInfo:
+    """One candidate site: its path, module type, output shape and calls per forward."""
+
+    name: str
+    module: str
+    shape: tuple[int, ...]
+    calls: int = 1
+    role: str = ""  # "default", "skip" or ""
+
+
+def list_sites(net: nn.Module, example: torch.Tensor, default: str = "", skips: Sequence[str] = ()
+               ) -> list[SiteInfo]:
+    """Every module whose output is a tensor, with the shape it has for `example` (B, C, H, W).
+
+    A module called more than once per forward (a shared activation) is listed with its call
+    count: a hook there would perturb every call, so it is a poor site.
+    """
+    from applefair.models.registry import segment
+
+    seen: dict[str, SiteInfo] = {}
+    handles = []
+    for name, module in net.named_modules():
+        if not name:
+            continue
+
+        def hook(m, _i, out, name=name):
+            if not torch.is_tensor(out):
+                return
+            if name in seen:
+                seen[name].calls += 1
+            else:
+                seen[name] = SiteInfo(name, type(m).__name__, tuple(out.shape))
+        handles.append(module.register_forward_hook(hook))
+    try:
+        was = net.training
+        net.eval()
+        with torch.no_grad():
+            segment(net, {"image": example})
+        net.train(was)
+    finally:
+        for h in handles:
+            h.remove()
+    order = {n: i for i, (n, _) in enumerate(net.named_modules())}
+    infos = sorted(seen.values(), key=lambda s: order[s.name])
+    for s in infos:
+        s.role = "default" if s.name == default else ("skip" if s.name in skips else "")
+    return infos

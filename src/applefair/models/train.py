@@ -1,24 +1,34 @@
-"""ERM training of the segmentor that will be 'deployed' (Dice + BCE, best on validation)."""
+"""ERM training of the segmentor that will be 'deployed' (Dice + CE, best on validation).
+
+Optimiser AdamW (default) or SGD with Nesterov momentum (nnU-Net's choice), both with polynomial
+learning-rate decay; only parameters with requires_grad train (SAMed keeps its image encoder
+frozen, SAM its prompt encoder). Augmentation uses MONAI's random transforms, per sample.
+"""
 
 from __future__ import annotations
 
 import copy
 import logging
+import math
 from dataclasses import dataclass
 
 import torch
 from monai.losses import DiceCELoss
 from torch import nn
-from torch.utils.data import DataLoader
 
+from applefair import distributed, speed
 from applefair.data.groups import GroupSpec
 from applefair.data.manifest import SegmentationDataset
+from applefair.errors import InputError
 from applefair.metrics.evaluate import predict_scores
 from applefair.models.registry import segment
 from applefair.progress import progress_bar
 from applefair.seeding import seed_everything
 
 log = logging.getLogger("applefair")
+
+AUGMENTATIONS = ("hflip", "vflip", "rotate", "intensity")
+OPTIMIZERS = ("adamw", "sgd")
 
 
 @dataclass
@@ -28,7 +38,24 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-4
     seed: int = 0
-    augment: bool = True  # random flips
+    augment: bool | str = True  # True: random horizontal flips per batch; or a comma list of AUGMENTATIONS
+    optimizer: str = "adamw"  # adamw | sgd (momentum 0.99, Nesterov)
+    momentum: float = 0.99
+    poly_power: float = 0.9
+    device: str = "cpu"
+
+
+def parse_augment(augment: bool | str) -> tuple[str, ...]:
+    """Augmentation names from a TrainConfig value (True is the legacy per-batch horizontal flip)."""
+    if augment is True:
+        return ("batch_hflip",)
+    if not augment or str(augment).strip().lower() in ("none", "false", "0"):
+        return ()
+    ops = tuple(a.strip() for a in str(augment).split(",") if a.strip())
+    bad = [a for a in ops if a not in AUGMENTATIONS]
+    if bad:
+        raise InputError(f"augmentation '{bad[0]}' is not known (expected a comma list of: {', '.join(AUGMENTATIONS)})")
+    return ops
 
 
 def augment_batch(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,15 +65,76 @@ def augment_batch(x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> tuple
     return x, y
 
 
+def sample_augmenter(ops: tuple[str, ...], seed: int):
+    """A MONAI dictionary transform over {"image", "mask"} (C, H, W) doing `ops`, seeded."""
+    from monai.transforms import (
+        Compose,
+        RandAdjustContrastd,
+        RandFlipd,
+        RandRotated,
+        RandScaleIntensityd,
+        RandShiftIntensityd,
+    )
+
+    keys = ("image", "mask")
+    steps = []
+    if "hflip" in ops:
+        steps.append(RandFlipd(keys, prob=0.5, spatial_axis=1))
+    if "vflip" in ops:
+        steps.append(RandFlipd(keys, prob=0.5, spatial_axis=0))
+    if "rotate" in ops:
+        steps.append(RandRotated(keys, range_x=math.pi / 12, prob=0.5, mode=("bilinear", "nearest"),
+                                 padding_mode="border", keep_size=True))
+    if "intensity" in ops:
+        steps += [RandAdjustContrastd("image", prob=0.3, gamma=(0.7, 1.5)),
+                  RandScaleIntensityd("image", factors=0.1, prob=0.3),
+                  RandShiftIntensityd("image", offsets=0.05, prob=0.3)]
+    return Compose(steps).set_random_state(seed=seed % (2**32)) if steps else None
+
+
+def apply_augmenter(aug, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run a sample augmenter over a batch; images stay in [0, 1], masks binary."""
+    if aug is None:
+        return x, y
+    outs = [aug({"image": xi, "mask": yi}) for xi, yi in zip(x, y, strict=True)]
+    xs = torch.stack([torch.as_tensor(o["image"]).as_subclass(torch.Tensor) for o in outs]).clamp(0, 1)
+    ys = torch.stack([torch.as_tensor(o["mask"]).as_subclass(torch.Tensor) for o in outs])
+    return xs.to(x.dtype), (ys > 0.5).to(y.dtype)
+
+
+def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if not params:
+        raise InputError("the model has no trainable parameters")
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay)
+    raise InputError(f"optimizer '{cfg.optimizer}' is not known (expected one of: {', '.join(OPTIMIZERS)})")
+
+
 def train_segmentor(net: nn.Module, train: SegmentationDataset, val: SegmentationDataset, groups: GroupSpec,
                     cfg: TrainConfig, quiet: bool = False) -> tuple[nn.Module, list[dict]]:
     """Train `net` in place by ERM; returns the best-on-validation-Dice weights and the history."""
     gen = seed_everything(cfg.seed)
-    loader = DataLoader(train, batch_size=cfg.batch_size, shuffle=True, generator=gen, drop_last=len(train) > cfg.batch_size)
+    ops = parse_augment(cfg.augment)
+    aug = sample_augmenter(tuple(o for o in ops if o != "batch_hflip"), cfg.seed)
+    if len(train) == 0:
+        raise InputError("the training split is empty")
+    if len(val) == 0:
+        raise InputError("the validation split is empty (best-on-validation selection needs split=val rows)")
+    device = distributed.resolve_device(cfg.device)  # under torchrun: this process's own GPU
+    net.to(device)
+    # one process: the plain shuffled loader; under torchrun: this rank's share of each global batch
+    loader = distributed.make_loader(train, cfg.batch_size, shuffle=True, generator=gen,
+                                     drop_last=len(train) > cfg.batch_size)
+    model = distributed.wrap(net)  # DDP when world_size > 1, else `net` itself
+    # mixed precision where the device has it (bf16/fp16 on CUDA); fp32 on the CPU, unchanged
+    amp = speed.Precision.resolve(getattr(cfg, "precision", "auto"), device)
     loss_fn = DiceCELoss(sigmoid=True)
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=cfg.epochs * len(loader), power=0.9)
-    best, best_state, history = -1.0, None, []
+    opt = make_optimizer([p for p in net.parameters() if p.requires_grad], cfg)
+    sched = torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=max(1, cfg.epochs * len(loader)),
+                                                  power=cfg.poly_power)
+    best, best_state, history = -1.0, copy.deepcopy(net.state_dict()), []
     with progress_bar(quiet) as bar:
         task = bar.add_task("train deployed (ERM)", total=cfg.epochs, info="")
         for epoch in range(cfg.epochs):
@@ -54,19 +142,24 @@ def train_segmentor(net: nn.Module, train: SegmentationDataset, val: Segmentatio
             total = 0.0
             for batch in loader:
                 x, y = batch["image"], batch["mask"]
-                if cfg.augment:
+                if "batch_hflip" in ops:
                     x, y = augment_batch(x, y, gen)
-                loss = loss_fn(segment(net, {**batch, "image": x, "mask": y}), y)
+                x, y = apply_augmenter(aug, x, y)
+                x, y = x.to(device), y.to(device)
+                with amp.autocast():
+                    loss = loss_fn(segment(model, {**batch, "image": x, "mask": y}), y)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                amp.backward_step(loss, opt)  # loss.backward(); opt.step() (through a GradScaler for fp16)
                 sched.step()
                 total += float(loss.detach()) * len(x)
-            val_dice = float(predict_scores(net, val, groups)["dice"].mean())
-            history.append({"epoch": epoch + 1, "loss": total / len(train), "val_dice": val_dice})
+            total = distributed.all_reduce_sum(total)  # every rank's share of the epoch loss
+            val_dice = float(predict_scores(net, val, groups, device=str(device))["dice"].mean())
+            history.append({"epoch": epoch + 1, "loss": total / len(train), "val_dice": val_dice,
+                            "lr": opt.param_groups[0]["lr"]})
             log.info("erm epoch %d loss %.4f val_dice %.4f", epoch + 1, total / len(train), val_dice)
             if val_dice > best:
                 best, best_state = val_dice, copy.deepcopy(net.state_dict())
             bar.update(task, advance=1, info=f"loss {total / len(train):.3f} val Dice {val_dice:.3f}")
     net.load_state_dict(best_state)
+    distributed.unwrap(model)
     return net.eval(), history

@@ -1,5 +1,13 @@
-"""Human-readable outputs: tables and the markdown report."""
+"""Human-readable outputs: report.html, report.md, tables as CSV, plots."""
 
-from applefair.report.markdown import before_after_rows, demo_report
+from applefair.report.markdown import before_after_rows, demo_report, verdict
 
-__all__ = ["before_after_rows", "demo_report"]
+
+def write_reports(run_dir, overlays: bool = True):
+    """Write report.html, report.md, tables/*.csv and plots/* for a run folder (see report.build)."""
+    from applefair.report.build import write_reports as _write
+
+    return _write(run_dir, overlays=overlays)
+
+
+__all__ = ["before_after_rows", "demo_report", "verdict", "write_reports"]

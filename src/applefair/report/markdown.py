@@ -50,7 +50,8 @@ def demo_report(config: dict, before: dict, after: dict, check: dict, leakage: d
               f"- after APPLE: `{check['hash_after']}`",
               f"- unchanged: **{'yes' if check['unchanged'] else 'NO'}**",
               f"- selected APPLE epoch (validation): {check['selected_epoch']}", "",
-              "## APPLE training curve", "", "| epoch | L_seg | L_D | D accuracy | D entropy | val Dice | val ES-Dice |",
+              "## APPLE training curve", "",
+              "| epoch | L_seg | L_D | D accuracy | D entropy | val Dice | val ES-Dice |",
               "|---:|---:|---:|---:|---:|---:|---:|"]
     for h in history:
         cells = [f"{h[k]:.4f}" if k in h else "" for k in

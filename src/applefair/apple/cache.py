@@ -1,0 +1,150 @@
+"""The latent cache: run the frozen encoder once, then train on what it produced.
+
+The deployed segmentor is frozen and in eval mode, so everything it computes before the
+first perturbation is the same at every epoch. The cache finds those modules generically,
+from one traced forward: a module whose forward *finished* before the first perturbed
+site's output was produced cannot depend on any perturbation. The outermost such modules
+(for a MONAI UNet with the bottleneck perturbed: the three down blocks, whose outputs also
+feed the skips, and the bottleneck itself) are recorded once per sample; during training
+their `forward` is swapped for a lookup, and only the rest of the network (the decoder and
+anything downstream of a perturbed site) runs. Hooks still fire, so the perturber sees the
+cached f_o exactly as it would see a recomputed one.
+
+Storage is in memory, or in memory-mapped .npy files under a folder when it is large.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from applefair.models.registry import segment
+from applefair.models.sites import find_module
+
+
+def cacheable_modules(net: nn.Module, sites: list[str], batch: dict) -> list[str]:
+    """Dotted names of the outermost modules computed before the first perturbed site's output."""
+    modules = dict(net.named_modules())
+    site_ids = {id(find_module(net, s)) for s in sites}
+    clock = [0]
+    start: dict[str, int] = {}
+    end: dict[str, int] = {}
+    calls: dict[str, int] = {}
+    tensor_out: dict[str, bool] = {}
+    first_site_end = [None]
+    handles = []
+    for name, mod in modules.items():
+        if name == "":
+            continue
+
+        def pre(_m, _i, name=name):
+            clock[0] += 1
+            start.setdefault(name, clock[0])
+            calls[name] = calls.get(name, 0) + 1
+
+        def post(m, _i, out, name=name):
+            clock[0] += 1
+            end[name] = clock[0]
+            tensor_out[name] = torch.is_tensor(out)
+            if id(m) in site_ids and first_site_end[0] is None:
+                first_site_end[0] = clock[0]
+
+        handles += [mod.register_forward_pre_hook(pre), mod.register_forward_hook(post)]
+    try:
+        with torch.no_grad():
+            segment(net, batch)
+    finally:
+        for h in handles:
+            h.remove()
+    if first_site_end[0] is None:
+        return []
+    ok = [n for n in end if end[n] <= first_site_end[0] and calls[n] == 1 and tensor_out[n]]
+    return [n for n in ok if not any(n.startswith(o + ".") for o in ok)]
+
+
+class LatentCache:
+    """Outputs of the frozen, perturbation-independent modules, for every sample of a dataset."""
+
+    def __init__(self, net: nn.Module, names: list[str], store: dict[str, np.ndarray | torch.Tensor]):
+        self.net = net
+        self.names = names
+        self.store = store
+
+    @classmethod
+    def build(cls, net: nn.Module, sites: list[str], dataset, batch_size: int = 32,
+              folder: str | os.PathLike | None = None) -> LatentCache:
+        """Run the frozen net once over `dataset` (perturbers off) and record the cacheable outputs.
+
+        `folder` set: memory-mapped .npy files there (for data sets larger than memory)."""
+        # a private generator: iterating a loader must not consume the global RNG (cached == uncached)
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, generator=torch.Generator())
+        was = net.training
+        net.eval()  # the cache is only valid for the frozen model in eval mode (BatchNorm running stats)
+        try:
+            return cls._build(net, sites, loader, len(dataset), folder)
+        finally:
+            net.train(was)
+
+    @classmethod
+    def _build(cls, net: nn.Module, sites: list[str], loader: DataLoader, n_total: int,
+               folder: str | os.PathLike | None) -> LatentCache:
+        first = next(iter(loader))
+        names = cacheable_modules(net, sites, first)
+        if not names:
+            raise ValueError(f"nothing before sites {sites} can be cached")
+        store: dict[str, np.ndarray | torch.Tensor] = {}
+        outs: dict[str, torch.Tensor] = {}
+        handles = [find_module(net, n).register_forward_hook(
+            lambda _m, _i, o, n=n: outs.__setitem__(n, o.detach())) for n in names]
+        try:
+            with torch.no_grad():
+                for batch in loader:
+                    segment(net, batch)
+                    idx = batch["index"].numpy()
+                    for n in names:
+                        o = outs[n]
+                        if n not in store:
+                            shape = (n_total, *o.shape[1:])
+                            if folder is None:
+                                store[n] = torch.empty(shape, dtype=o.dtype)
+                            else:
+                                Path(folder).mkdir(parents=True, exist_ok=True)
+                                store[n] = np.lib.format.open_memmap(
+                                    Path(folder) / f"{n}.npy", mode="w+", dtype=np.float32, shape=shape)
+                        if isinstance(store[n], torch.Tensor):
+                            store[n][idx] = o
+                        else:
+                            store[n][idx] = o.float().numpy()
+        finally:
+            for h in handles:
+                h.remove()
+        return cls(net, names, store)
+
+    def nbytes(self) -> int:
+        return int(sum(v.nbytes if isinstance(v, np.ndarray) else v.numel() * v.element_size()
+                       for v in self.store.values()))
+
+    def lookup(self, name: str, idx: torch.Tensor) -> torch.Tensor:
+        v = self.store[name]
+        if isinstance(v, torch.Tensor):
+            return v[idx]
+        return torch.from_numpy(np.ascontiguousarray(v[idx.numpy()]))
+
+    @contextmanager
+    def replay(self, idx: torch.Tensor) -> Iterator[None]:
+        """Inside, the cached modules return their recorded outputs for samples `idx`."""
+        mods = [find_module(self.net, n) for n in self.names]
+        try:
+            for n, m in zip(self.names, mods, strict=True):
+                m.forward = (lambda *_a, _n=n, **_k: self.lookup(_n, idx))
+            yield
+        finally:
+            for m in mods:
+                m.__dict__.pop("forward", None)

@@ -1,0 +1,119 @@
+"""AppleConfig: every knob of APPLE, with the defaults that docs/ablation.md justifies."""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+
+from applefair.apple.discriminator import POOLS
+from applefair.apple.losses import OBJECTIVES
+from applefair.apple.perturber import KINDS
+from applefair.errors import InputError
+
+CACHE_MODES = ("auto", "memory", "disk", "off")
+SELECTIONS = ("es_dice", "last")
+
+
+@dataclass
+class AppleConfig:
+    """APPLE's knobs.
+
+    Objective: L_G = L_seg + adv + lam * ||G_p(f_o)||^2, adv chosen by `objective`
+    (negce: -alpha*CE, the paper; kl: alpha*KL(uniform||D); grl: gradient reversal; none),
+    plus -beta * entropy(D). Selection: the epoch with the best validation ES-Dice among those
+    whose overall validation Dice is at most `tolerance` below the deployed model's.
+    """
+
+    epochs: int = 30
+    batch_size: int = 16
+    # perturber G_p
+    perturber: str = "unet"  # unet (the paper's U shape) | conv (two 3x3 convs)
+    width: int = 32
+    res_blocks: int = 4
+    global_branch: bool = False  # FiLM-style per-image scale/shift from pooled stats
+    sites: list[str] = field(default_factory=list)  # empty: the model's default site
+    # objective
+    objective: str = "kl"
+    alpha: float = 1.0
+    beta: float = 0.0
+    lam: float = 0.0
+    balanced_seg: bool = False  # group-balanced weighting of L_seg
+    # discriminator D_p
+    d_hidden: int = 128
+    d_dropout: float = 0.3
+    d_label_smoothing: float = 0.0
+    d_spectral_norm: bool = False
+    d_pooling: str = "meanstd"
+    n_d: int = 1  # discriminator steps per perturber step
+    d_warmup: int = 1  # epochs of discriminator-only training on the unperturbed latents
+    # optimisation
+    lr_g: float = 1e-3
+    lr_d: float = 1e-3
+    cosine: bool = True  # cosine decay of both learning rates over `epochs`
+    grad_clip: float = 5.0  # max gradient norm (0: off)
+    # selection and stopping
+    selection: str = "es_dice"  # es_dice (with the Dice tolerance) | last
+    tolerance: float = 0.01
+    patience: int = 0  # epochs without a better selected score before stopping (0: never)
+    # latent cache: auto = in memory unless `augment`
+    cache: str = "auto"
+    augment: bool = False  # random horizontal flips (disables the cache)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = {"perturber": KINDS, "objective": OBJECTIVES, "d_pooling": POOLS, "cache": CACHE_MODES,
+                  "selection": SELECTIONS}
+        for key, allowed in checks.items():
+            if getattr(self, key) not in allowed:
+                raise InputError(f"apple config: {key}='{getattr(self, key)}' (expected one of: {', '.join(allowed)})")
+        for key in ("epochs", "batch_size", "width", "n_d"):
+            if int(getattr(self, key)) < 1:
+                raise InputError(f"apple config: {key}={getattr(self, key)} (expected an integer >= 1)")
+        if not 0.0 <= self.d_dropout < 1.0:
+            raise InputError(f"apple config: d_dropout={self.d_dropout} (expected 0 <= value < 1)")
+        if not 0.0 <= self.d_label_smoothing < 1.0:
+            raise InputError(f"apple config: d_label_smoothing={self.d_label_smoothing} (expected 0 <= value < 1)")
+        self.sites = list(self.sites)
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "config") -> AppleConfig:
+        """From a plain dict (e.g. YAML); unknown keys are an InputError naming them."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        bad = sorted(set(d) - known)
+        if bad:
+            raise InputError(f"{source}: unknown APPLE option(s) {', '.join(bad)} "
+                             f"(expected some of: {', '.join(sorted(known))})")
+        hints = typing.get_type_hints(cls)
+        for key, value in d.items():
+            if not _has_type(value, hints[key]):
+                raise InputError(f"{source}: key '{key}': expected {_type_name(hints[key])}, got {value!r}")
+        try:
+            return cls(**d)
+        except TypeError as exc:
+            raise InputError(f"{source}: {exc}") from None
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _has_type(value: object, hint: object) -> bool:
+    """YAML value check for the simple field types of AppleConfig (bool is not an int here)."""
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if typing.get_origin(hint) is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, list) and all(_has_type(v, item) for v in value)
+    return True
+
+
+def _type_name(hint: object) -> str:
+    if typing.get_origin(hint) is list:
+        return f"a list of {_type_name(typing.get_args(hint)[0])}"
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))

@@ -1,0 +1,220 @@
+"""The one interface every mitigation method shares, and the fine-tuning loop most of them use.
+
+A method starts from the deployed model's weights and gets the same budget as every other
+(data, epochs, batch size, learning rate, augmentation, seed) and the same model-selection
+rule, so that differences between methods come from the methods, not from the budget:
+
+    best epoch on validation = highest ES-Dice (Harvard-FairSeg, sum form) among the epochs
+    whose overall validation Dice is within `tolerance` of the starting model's; epoch 0 is
+    the starting model itself (the rule APPLE's trainer uses).
+
+`fit` never changes the network it is given (methods work on a copy) and returns a model
+that predicts through `applefair.models.segment`.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, fields
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+
+from applefair.data.groups import GroupSpec
+from applefair.data.manifest import SegmentationDataset
+from applefair.errors import InputError
+from applefair.metrics.evaluate import predict_scores
+from applefair.metrics.fairness import fairness_summary
+from applefair.models.registry import ModelSpec
+from applefair.models.train import augment_batch
+from applefair.progress import progress_bar
+from applefair.seeding import seed_everything
+
+log = logging.getLogger("applefair")
+
+
+@dataclass
+class Budget:
+    """What every method gets: the same epochs, batches, optimiser settings and selection rule."""
+
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    augment: bool = True
+    seed: int = 0
+    tolerance: float = 0.01  # selection: val Dice may fall at most this below the starting model's
+
+    @classmethod
+    def from_dict(cls, d: Mapping | None, where: str = "budget") -> Budget:
+        d = dict(d or {})
+        known = {f.name for f in fields(cls)}
+        bad = sorted(set(d) - known)
+        if bad:
+            raise InputError(f"{where}: unknown key(s) {', '.join(bad)} (expected: {', '.join(sorted(known))})")
+        out = cls(**d)
+        if out.epochs < 0 or out.batch_size < 1 or out.lr <= 0:
+            raise InputError(f"{where}: epochs must be >= 0, batch_size >= 1 and lr > 0 (got {d})")
+        return out
+
+
+@dataclass
+class FitResult:
+    """What a method returns.
+
+    `trainable_params` counts the parameters of the returned model that training changed
+    (discriminators or attribute heads used only during training are not counted); `frozen`
+    says whether the deployed weights inside the returned model are bit-identical to the
+    deployed model's; `latent_module` is the module whose output is the latent the decoder
+    sees (for the leakage probe), or None where that is not one tensor (subgroup models).
+    """
+
+    model: nn.Module
+    trainable_params: int
+    seconds: float
+    history: list[dict] = field(default_factory=list)
+    frozen: bool = False
+    latent_module: nn.Module | None = None
+    selected_epoch: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class Method(ABC):
+    """A mitigation method. Subclasses set `name`, `summary` and `defaults` (their options)."""
+
+    name: str = ""
+    summary: str = ""
+    defaults: dict = {}
+
+    def options(self, given: Mapping | None) -> dict:
+        """The method's options: defaults overridden by `given`; unknown keys are an InputError."""
+        given = dict(given or {})
+        bad = sorted(set(given) - set(self.defaults))
+        if bad:
+            allowed = ", ".join(sorted(self.defaults)) or "none"
+            raise InputError(f"method '{self.name}': unknown option(s) {', '.join(bad)} (allowed: {allowed})")
+        return {**self.defaults, **given}
+
+    @abstractmethod
+    def fit(self, net: nn.Module, spec: ModelSpec, train: SegmentationDataset, val: SegmentationDataset,
+            groups: GroupSpec, budget: Budget, options: Mapping | None = None, quiet: bool = False) -> FitResult:
+        """Mitigate `net` (left unchanged) and return the model to deploy instead."""
+
+
+def count_params(params: Iterable[nn.Parameter]) -> int:
+    return int(sum(p.numel() for p in params))
+
+
+def selection_score(summary: dict) -> float:
+    """ES-Dice (sum form) where group metrics exist, else overall Dice (e.g. a one-group subset)."""
+    return float(summary["fairness"].get("es_dice_sum", summary["overall"]["dice"]))
+
+
+def validate(model: nn.Module, val: SegmentationDataset, groups: GroupSpec) -> dict:
+    return fairness_summary(predict_scores(model, val, groups), groups.attribute, groups.groups)
+
+
+def make_loader(data: SegmentationDataset, budget: Budget, gen: torch.Generator,
+                sampler: Sampler | None = None) -> DataLoader:
+    drop = len(data) > budget.batch_size
+    if sampler is not None:
+        return DataLoader(data, batch_size=budget.batch_size, sampler=sampler, drop_last=drop)
+    return DataLoader(data, batch_size=budget.batch_size, shuffle=True, generator=gen, drop_last=drop)
+
+
+def finetune(model: nn.Module, trainable: nn.Module, train: SegmentationDataset, val: SegmentationDataset,
+             groups: GroupSpec, budget: Budget, step: Callable[[dict], torch.Tensor], label: str,
+             quiet: bool = False, sampler_fn: Callable[[torch.Generator], Sampler] | None = None,
+             extra_params: Iterable[nn.Parameter] = (), train_modules: Iterable[nn.Module] = (),
+             ) -> tuple[list[dict], int]:
+    """The shared loop: AdamW on `trainable` (+ `extra_params`), `budget.epochs` epochs of `step(batch)`
+    losses, flips as augmentation, and the common selection rule; `trainable` ends at its best state.
+
+    `model` is what is validated (it may wrap `trainable`); `train_modules` are put in train mode
+    each epoch besides `model`. Returns (history, selected epoch).
+    """
+    gen = seed_everything(budget.seed)
+    params = [p for p in trainable.parameters() if p.requires_grad] + list(extra_params)
+    opt = torch.optim.AdamW(params, lr=budget.lr, weight_decay=budget.weight_decay)
+    loader = make_loader(train, budget, gen, sampler_fn(gen) if sampler_fn else None)
+    start = validate(model, val, groups)
+    floor = start["overall"]["dice"] - budget.tolerance
+    best_score, best_epoch = selection_score(start), 0
+    best_state = copy.deepcopy(trainable.state_dict())
+    history = [{"epoch": 0, "val_dice": start["overall"]["dice"], "val_score": best_score}]
+    with progress_bar(quiet) as bar:
+        task = bar.add_task(label, total=budget.epochs, info="")
+        for epoch in range(1, budget.epochs + 1):
+            model.train()
+            for m in train_modules:
+                m.train()
+            total, seen = 0.0, 0
+            for batch in loader:
+                if budget.augment:
+                    x, y = augment_batch(batch["image"], batch["mask"], gen)
+                    batch = {**batch, "image": x, "mask": y}
+                loss = step(batch)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * len(batch["image"])
+                seen += len(batch["image"])
+            summary = validate(model, val, groups)
+            row = {"epoch": epoch, "loss": total / max(seen, 1), "val_dice": summary["overall"]["dice"],
+                   "val_score": selection_score(summary)}
+            history.append(row)
+            log.info("%s epoch %d %s", label, epoch, {k: round(v, 4) for k, v in row.items()})
+            if row["val_dice"] >= floor and row["val_score"] > best_score:
+                best_score, best_epoch = row["val_score"], epoch
+                best_state = copy.deepcopy(trainable.state_dict())
+            bar.update(task, advance=1, info=f"loss {row['loss']:.3f} val Dice {row['val_dice']:.3f}")
+    trainable.load_state_dict(best_state)
+    model.eval()
+    return history, best_epoch
+
+
+class Timer:
+    """Wall time of a fit (`with Timer() as t: ...; t.seconds`)."""
+
+    def __enter__(self) -> Timer:
+        self._t0 = time.perf_counter()
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = time.perf_counter() - self._t0
+
+
+def per_sample_seg_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Dice + BCE per sample, shape (B,): the loss that group-aware methods reweight.
+
+    Its batch mean equals MONAI's DiceCELoss(sigmoid=True) used by ERM training.
+    """
+    from monai.losses import DiceLoss
+
+    dice = DiceLoss(sigmoid=True, reduction="none")(logits, target).reshape(len(logits), -1).mean(1)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    return dice + bce.flatten(1).mean(1)
+
+
+def start_copy(net: nn.Module) -> nn.Module:
+    """A copy of the deployed model to retrain (the caller's network is never touched).
+
+    Parameters the architecture itself keeps frozen (e.g. the SAM backbone under SAMed's LoRA)
+    stay frozen, so "fine-tune" means what the model's own training means; a network with no
+    trainable parameter at all (frozen by the caller) is made trainable.
+    """
+    twin = copy.deepcopy(net)
+    if not any(p.requires_grad for p in twin.parameters()):
+        for p in twin.parameters():
+            p.requires_grad_(True)
+    return twin
+
+
+def count_trainable(module: nn.Module) -> int:
+    return count_params(p for p in module.parameters() if p.requires_grad)

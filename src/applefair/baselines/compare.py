@@ -1,0 +1,264 @@
+"""`applefair compare`: every method on every segmentor, dataset and seed, resumable cell by cell.
+
+Folder layout of a comparison run (`--out DIR`):
+
+    config.yaml                              the resolved settings of the latest invocation
+    data/<dataset>/manifest.csv ...          generated synthetic data (once per dataset)
+    deployed/<dataset>/<segmentor>/seed<k>/  the "deployed" model (ERM from scratch), a model folder
+    cells/<dataset>/<segmentor>/<method>/seed<k>/
+        result.json  per_sample.csv  metrics.json  history.csv
+    results.csv  summary.csv  results.md     rewritten after every cell
+
+A cell is written atomically (built in a temporary folder, then renamed), so a killed run
+leaves only finished cells; a rerun skips every cell whose result.json says "done" with the
+same settings hash, and retries failed ones. `deployed` appears as a pseudo-method: the
+unchanged model on the test split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import logging
+import os
+import time
+import traceback
+from collections.abc import Mapping
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from applefair.baselines import get_method
+from applefair.baselines.base import Budget, FitResult
+from applefair.baselines.settings import CompareSettings, DatasetSpec, SegmentorSpec
+from applefair.data.groups import GroupSpec
+from applefair.data.manifest import SegmentationDataset, read_manifest
+from applefair.errors import InputError
+from applefair.io import staged_dir, state_dict_hash, write_csv, write_json, write_yaml
+from applefair.metrics.evaluate import predict_scores
+from applefair.metrics.fairness import fairness_summary
+from applefair.metrics.leakage import pool_latent, probe_auc
+from applefair.models.registry import create_segmentor, load_model_dir, save_model_dir
+from applefair.models.sites import find_module
+from applefair.models.train import TrainConfig, train_segmentor
+
+log = logging.getLogger("applefair")
+DEPLOYED = "deployed"
+
+
+def cell_dir(out: Path, dataset: str, segmentor: str, method: str, seed: int) -> Path:
+    return out / "cells" / dataset / segmentor / method / f"seed{seed}"
+
+
+def _hash(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def cell_key(settings: CompareSettings, ds: DatasetSpec, seg: SegmentorSpec, method: str, seed: int) -> str:
+    """Settings hash of one cell: a cell is redone when anything it depends on changes."""
+    parts = {"dataset": ds.model_dump(), "segmentor": seg.model_dump(), "deploy": settings.deploy.model_dump(),
+             "seed": seed, "leakage": settings.leakage}
+    if method != DEPLOYED:
+        spec = next(m for m in settings.methods if m.name == method)
+        parts.update(budget=settings.budget, method=spec.model_dump())
+    return _hash(parts)
+
+
+def read_result(path: Path) -> dict | None:
+    return read_json_or_none(path / "result.json")
+
+
+def read_json_or_none(f: Path) -> dict | None:
+    if not f.is_file():
+        return None
+    try:
+        return json.loads(f.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def prepare_dataset(ds: DatasetSpec, root: Path, out: Path) -> tuple[pd.DataFrame, GroupSpec]:
+    """Read (or first generate) a dataset and fit its group spec."""
+    if ds.synthetic is not None:
+        from applefair.data.synthetic import generate
+
+        folder = out / "data" / ds.name
+        if not (folder / "manifest.csv").is_file():
+            allowed = set(inspect.signature(generate).parameters) - {"out_dir"}
+            bad = sorted(set(ds.synthetic) - allowed)
+            if bad:
+                raise InputError(f"dataset '{ds.name}': synthetic key(s) {', '.join(bad)} not known "
+                                 f"(expected: {', '.join(sorted(allowed))})")
+            with staged_dir(folder, overwrite=True) as stage:
+                generate(stage, **ds.synthetic)
+        manifest = folder / "manifest.csv"
+    else:
+        manifest = Path(ds.manifest)
+        manifest = manifest if manifest.is_absolute() else root / manifest
+    frame = read_manifest(manifest)
+    groups = GroupSpec.from_dict(ds.groups if not isinstance(ds.groups, str) or ":" in ds.groups
+                                 else {"attribute": ds.groups}).fit(frame)
+    return frame, groups
+
+
+def deployed_model(settings: CompareSettings, seg: SegmentorSpec, split: Mapping[str, SegmentationDataset],
+                   groups: GroupSpec, folder: Path, seed: int, quiet: bool, key: str = ""):
+    """Load the deployed model of this (dataset, segmentor, seed), training it by ERM first if needed
+    (or again, if it was trained under other settings)."""
+    info = read_json_or_none(folder / "train.json")
+    if not (folder / "model.yaml").is_file() or info is None or info.get("key") != key:
+        net, spec = create_segmentor(seg.name, tiny=seg.tiny, **seg.args)
+        d = settings.deploy
+        cfg = TrainConfig(epochs=d.epochs, batch_size=d.batch_size, lr=d.lr, weight_decay=d.weight_decay,
+                          seed=seed, augment=d.augment)
+        started = time.perf_counter()
+        train_segmentor(net, split["train"], split["val"], groups, cfg, quiet=quiet)
+        with staged_dir(folder, overwrite=True) as stage:
+            save_model_dir(stage, net, spec)
+            write_json(stage / "train.json", {"seconds": time.perf_counter() - started, "config": d.model_dump(),
+                                              "seed": seed, "key": key})
+    net, spec = load_model_dir(folder)
+    return net.eval(), spec
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, latent_module: torch.nn.Module | None, test: SegmentationDataset,
+             groups: GroupSpec, leakage: bool, seed: int) -> tuple[pd.DataFrame, dict, float]:
+    """Per-sample scores, their summary, and the fresh-probe AUC on the latent the decoder sees."""
+    feats: list[torch.Tensor] = []
+    handle = None
+    if leakage and latent_module is not None:
+        handle = latent_module.register_forward_hook(lambda _m, _i, o: feats.append(pool_latent(o.detach().float())))
+    try:
+        scores = predict_scores(model, test, groups)
+    finally:
+        if handle is not None:
+            handle.remove()
+    summary = fairness_summary(scores, groups.attribute, groups.groups)
+    auc = float("nan")
+    if feats and sum(len(f) for f in feats) == len(test):
+        auc = probe_auc(torch.cat(feats).numpy(), test.group_ids, seed=seed)
+    return scores, summary, auc
+
+
+def write_cell(folder: Path, record: dict, scores: pd.DataFrame | None = None, summary: dict | None = None,
+               history: list[dict] | None = None) -> None:
+    with staged_dir(folder, overwrite=True) as stage:
+        if scores is not None:
+            write_csv(stage / "per_sample.csv", scores)
+        if summary is not None:
+            write_json(stage / "metrics.json", summary)
+        if history:
+            write_csv(stage / "history.csv", pd.DataFrame(history))
+        write_json(stage / "result.json", record)
+
+
+def run_cell(settings: CompareSettings, method: str, net, spec, split, groups, seed: int,
+             quiet: bool) -> tuple[dict, pd.DataFrame, dict, list[dict]]:
+    """Fit one method (or evaluate the deployed model) and evaluate it on the test split."""
+    if method == DEPLOYED:
+        scores, summary, auc = evaluate(net, find_module(net, spec.site), split["test"], groups,
+                                        settings.leakage, seed)
+        return ({"trainable_params": 0, "seconds": 0.0, "frozen": True, "selected_epoch": 0, "leakage_auc": auc},
+                scores, summary, [])
+    mspec = next(m for m in settings.methods if m.name == method)
+    budget = Budget.from_dict({**settings.budget, "seed": seed})
+    before = state_dict_hash(net)
+    fit: FitResult = get_method(method).fit(net, spec, split["train"], split["val"], groups, budget,
+                                            mspec.options, quiet=quiet)
+    if state_dict_hash(net) != before:
+        raise RuntimeError(f"method '{method}' changed the deployed model it was given")
+    scores, summary, auc = evaluate(fit.model, fit.latent_module, split["test"], groups, settings.leakage, seed)
+    record = {"trainable_params": fit.trainable_params, "seconds": fit.seconds, "frozen": fit.frozen,
+              "selected_epoch": fit.selected_epoch, "leakage_auc": auc, "extra": fit.extra}
+    return record, scores, summary, fit.history
+
+
+def plan(settings: CompareSettings, only: Mapping[str, list] | None = None) -> list[tuple]:
+    """The cells of the config, in run order: seed, dataset, segmentor, then deployed + methods.
+
+    `only` restricts what runs now (keys datasets, segmentors, methods, seeds); tables still list every cell.
+    """
+    only = {k: v for k, v in (only or {}).items() if v}
+    cells = []
+    for seed in settings.seeds:
+        if "seeds" in only and seed not in only["seeds"]:
+            continue
+        for ds in settings.datasets:
+            if "datasets" in only and ds.name not in only["datasets"]:
+                continue
+            for seg in settings.segmentors:
+                if "segmentors" in only and seg.key not in only["segmentors"]:
+                    continue
+                for m in [DEPLOYED] + [m.name for m in settings.methods]:
+                    if "methods" in only and m not in only["methods"] and m != DEPLOYED:
+                        continue
+                    cells.append((seed, ds, seg, m))
+    return cells
+
+
+def run_compare(settings: CompareSettings, root: Path, out: str | os.PathLike, only: Mapping[str, list] | None = None,
+                time_limit_min: float | None = None, quiet: bool = False, table_every_s: float = 60.0) -> dict:
+    """Run (or resume) the comparison into `out`; returns counts of cells run / skipped / failed / left.
+
+    The tables are rewritten at most every `table_every_s` seconds while running, and at the end.
+    """
+    from applefair.baselines.table import write_tables
+
+    torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_yaml(out / "config.yaml", settings.model_dump())
+    started = time.time()
+    counts = {"run": 0, "skipped": 0, "failed": 0, "left": 0}
+    cache: dict = {}
+    deploy_errors: dict[tuple, str] = {}  # a deployed model that failed once is not retried for every method
+    last_table = time.time()
+    for seed, ds, seg, method in plan(settings, only):
+        folder = cell_dir(out, ds.name, seg.key, method, seed)
+        key = cell_key(settings, ds, seg, method, seed)
+        old = read_result(folder)
+        if old and old.get("status") == "done" and old.get("key") == key:
+            counts["skipped"] += 1
+            continue
+        if time_limit_min is not None and time.time() - started > 60 * time_limit_min:
+            counts["left"] += 1
+            continue
+        if ds.name not in cache:
+            frame, groups = prepare_dataset(ds, root, out)
+            cache = {ds.name: (groups, {s: SegmentationDataset(frame, groups, s) for s in ("train", "val", "test")})}
+        groups, split = cache[ds.name]
+        record = {"dataset": ds.name, "segmentor": seg.key, "method": method, "seed": seed, "key": key,
+                  "groups": groups.to_dict()}
+        log.info("cell %s/%s/%s/seed%d", ds.name, seg.key, method, seed)
+        t0 = time.time()
+        try:
+            if (ds.name, seg.key, seed) in deploy_errors:
+                raise RuntimeError(f"deployed model could not be built: {deploy_errors[(ds.name, seg.key, seed)]}")
+            where = out / "deployed" / ds.name / seg.key / f"seed{seed}"
+            try:
+                net, spec = deployed_model(settings, seg, split, groups, where, seed, quiet, cell_key(settings, ds, seg,
+                                                                                                   DEPLOYED, seed))
+            except InputError:
+                raise
+            except Exception as exc:
+                deploy_errors[(ds.name, seg.key, seed)] = f"{type(exc).__name__}: {str(exc).strip()[:300]}"
+                raise
+            res, scores, summary, history = run_cell(settings, method, net, spec, split, groups, seed, quiet)
+            write_cell(folder, {**record, "status": "done", **res, "wall_seconds": time.time() - t0},
+                       scores, summary, history)
+            counts["run"] += 1
+        except InputError:
+            raise
+        except Exception as exc:  # a failing method must not stop the other cells; the table says it failed
+            log.error("cell %s failed: %s", folder, exc)
+            write_cell(folder, {**record, "status": "failed", "error": f"{type(exc).__name__}: {str(exc).strip()}",
+                                "traceback": traceback.format_exc(limit=8)})
+            counts["failed"] += 1
+        if time.time() - last_table > table_every_s:
+            write_tables(settings, out)
+            last_table = time.time()
+    write_tables(settings, out)
+    return counts

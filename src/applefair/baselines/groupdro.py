@@ -1,0 +1,75 @@
+"""`groupdro`: Group distributionally robust fine-tuning (Sagawa et al., ICLR 2020).
+
+One weight q_g per group. Each step: L_g = mean per-sample loss of group g in the batch,
+q_g <- q_g * exp(eta * L_g) (groups absent from the batch: L_g = 0, q_g unchanged before
+renormalising), q <- q / sum(q), loss = sum_g q_g L_g. Samples of unknown group add their
+mean loss with weight (their share of the batch); they never enter q.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from applefair.baselines.base import (
+    Budget,
+    FitResult,
+    Method,
+    Timer,
+    count_trainable,
+    finetune,
+    per_sample_seg_loss,
+    start_copy,
+)
+from applefair.data.groups import GroupSpec
+from applefair.data.manifest import SegmentationDataset
+from applefair.models.registry import ModelSpec, segment
+from applefair.models.sites import find_module
+
+
+class GroupDROLoss:
+    """Holds q across steps; `__call__(per_sample_loss, groups)` returns the robust loss."""
+
+    def __init__(self, num_groups: int, eta: float = 0.01):
+        self.eta = float(eta)
+        self.q = torch.full((num_groups,), 1.0 / num_groups, dtype=torch.float64)
+
+    def group_losses(self, losses: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+        k = len(self.q)
+        known = groups >= 0
+        onehot = torch.nn.functional.one_hot(groups[known], k).to(losses.dtype)  # (n_known, K)
+        counts = onehot.sum(0)
+        return (onehot * losses[known, None]).sum(0) / counts.clamp(min=1)
+
+    def __call__(self, losses: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+        g_loss = self.group_losses(losses, groups)
+        with torch.no_grad():
+            self.q = self.q * torch.exp(self.eta * g_loss.detach().double())
+            self.q = self.q / self.q.sum()
+        robust = (self.q.to(g_loss.dtype) * g_loss).sum()
+        unknown = groups < 0
+        if unknown.any():
+            robust = robust + losses[unknown].mean() * unknown.float().mean()
+        return robust
+
+
+class GroupDRO(Method):
+    name = "groupdro"
+    summary = "GroupDRO fine-tune (q_g <- q_g exp(eta L_g))"
+    defaults: dict = {"eta": 0.01}
+
+    def fit(self, net: nn.Module, spec: ModelSpec, train: SegmentationDataset, val: SegmentationDataset,
+            groups: GroupSpec, budget: Budget, options: Mapping | None = None, quiet: bool = False) -> FitResult:
+        opts = self.options(options)
+        model = start_copy(net)
+        dro = GroupDROLoss(groups.num_groups, eta=opts["eta"])
+        with Timer() as t:
+            history, best = finetune(
+                model, model, train, val, groups, budget,
+                lambda b: dro(per_sample_seg_loss(segment(model, b), b["mask"]), b["group"]),
+                "groupdro fine-tune", quiet)
+        return FitResult(model=model, trainable_params=count_trainable(model), seconds=t.seconds,
+                         history=history, frozen=False, latent_module=find_module(model, spec.site),
+                         selected_epoch=best, extra={"q": dro.q.tolist()})

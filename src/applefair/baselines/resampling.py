@@ -1,0 +1,67 @@
+"""`resampling`: fine-tune with group-balanced sampling (WeightedRandomSampler).
+
+Each known group gets the same expected share of every epoch (weights 1 / (K * n_g),
+scaled so that samples of unknown group keep their share of the data). The loss is ERM's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+from monai.losses import DiceCELoss
+from torch import nn
+from torch.utils.data import WeightedRandomSampler
+
+from applefair.baselines.base import (
+    Budget,
+    FitResult,
+    Method,
+    Timer,
+    count_trainable,
+    finetune,
+    start_copy,
+)
+from applefair.data.groups import GroupSpec
+from applefair.data.manifest import SegmentationDataset
+from applefair.models.registry import ModelSpec, segment
+from applefair.models.sites import find_module
+
+
+def balanced_weights(group_ids: np.ndarray) -> np.ndarray:
+    """Per-sample sampling weights summing to 1: known groups equal in total, unknown kept at their share."""
+    ids = np.asarray(group_ids)
+    n = len(ids)
+    known = ids >= 0
+    weights = np.full(n, 1.0 / n)
+    present, counts = np.unique(ids[known], return_counts=True)
+    if len(present):
+        share = known.mean()
+        lookup = dict(zip(present.tolist(), counts.tolist(), strict=True))
+        weights[known] = [share / (len(present) * lookup[g]) for g in ids[known]]
+    return weights
+
+
+class Resampling(Method):
+    name = "resampling"
+    summary = "fine-tune with group-balanced sampling"
+    defaults: dict = {}
+
+    def fit(self, net: nn.Module, spec: ModelSpec, train: SegmentationDataset, val: SegmentationDataset,
+            groups: GroupSpec, budget: Budget, options: Mapping | None = None, quiet: bool = False) -> FitResult:
+        self.options(options)
+        model = start_copy(net)
+        loss_fn = DiceCELoss(sigmoid=True)
+        weights = torch.as_tensor(balanced_weights(train.group_ids), dtype=torch.double)
+
+        def sampler(gen: torch.Generator) -> WeightedRandomSampler:
+            return WeightedRandomSampler(weights, num_samples=len(train), replacement=True, generator=gen)
+
+        with Timer() as t:
+            history, best = finetune(model, model, train, val, groups, budget,
+                                     lambda b: loss_fn(segment(model, b), b["mask"]), "resampling fine-tune",
+                                     quiet, sampler_fn=sampler)
+        return FitResult(model=model, trainable_params=count_trainable(model), seconds=t.seconds,
+                         history=history, frozen=False, latent_module=find_module(model, spec.site),
+                         selected_epoch=best)

@@ -1,0 +1,80 @@
+"""`applefair data inspect`: what a dataset holds, before any training."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+out_console = Console()
+data_app = typer.Typer(help="Look at a dataset: counts per split and group, sizes, masks, unknown values.",
+                       no_args_is_help=True)
+_INTERNAL = {"id", "image", "mask", "image_path", "mask_path", "image_key", "mask_key", "slice", "axis", "split",
+             "name", "volume", "imagePath", "labelPath"}
+
+
+@data_app.command("inspect")
+def inspect(
+    path: Path = typer.Argument(..., help="A manifest CSV or a dataset folder (FairSeg, TUSC, FIVES, NIfTI)."),
+    fmt: str = typer.Option("", "--format", help="csv, fairseg, tusc, fives or nifti (default: detected)."),
+    groups: str = typer.Option("", "--groups", help="Group spec to count, e.g. sex, 'age:0,60,inf' or "
+                                                    "'sex*age:0,60,inf'."),
+    option: list[str] = typer.Option([], "--option", help="Reader/loader option KEY=VALUE, repeatable "
+                                                          "(e.g. target=disc, foreground=255)."),
+    limit: int = typer.Option(0, "--limit", help="Open only the first N samples (0: all)."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Print counts per split x group, image sizes, mask foreground statistics and unknown attribute values.
+
+    Every sample is opened, so this also validates the dataset (exit code 2 on the first problem).
+
+    Example: applefair data inspect data/vessels --groups "age:0,60,inf"
+    """
+    from applefair.data import GroupSpec, SmallGroupWarning, load_dataset, validate_samples
+    from applefair.data.groups import _raw
+
+    frame = load_dataset(path, format=fmt or None, **_options(option))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", SmallGroupWarning)
+        spec = GroupSpec.parse(groups).fit(frame) if groups else None
+    stats = validate_samples(frame, spec, quiet=quiet, limit=limit or None)
+    out_console.print(f"[bold]{path}[/bold]: format {frame.attrs.get('format')}, {len(frame)} samples"
+                      + (f" ({len(stats)} opened)" if limit else ""))
+    counts = spec.counts(frame) if spec else frame["split"].value_counts().to_frame("samples")
+    table = Table(title="samples per split" + (f" x group of '{spec.attribute}'" if spec else ""))
+    table.add_column("split")
+    for c in counts.columns:
+        table.add_column(str(c), justify="right")
+    for split, row in counts.iterrows():
+        table.add_row(str(split), *[str(int(v)) for v in row.tolist()])
+    out_console.print(table)
+    sizes = stats.groupby(["height", "width"]).size().sort_values(ascending=False)
+    out_console.print("image sizes (H x W: count): " + ", ".join(f"{h}x{w}: {c}" for (h, w), c in sizes.head(5).items())
+                      + (f" and {len(sizes) - 5} more" if len(sizes) > 5 else ""))
+    fg = stats["foreground"]
+    out_console.print(f"mask foreground fraction: mean {fg.mean():.4f}, min {fg.min():.4f}, max {fg.max():.4f}; "
+                      f"empty masks: {int((fg == 0).sum())}")
+    attrs = Table(title="attributes")
+    for c in ("column", "distinct known", "unknown", "examples"):
+        attrs.add_column(c, justify="left" if c in ("column", "examples") else "right")
+    for col in [c for c in frame.columns if c not in _INTERNAL]:
+        vals = _raw(frame, col)
+        known = sorted({v for v in vals if v is not None})
+        attrs.add_row(col, str(len(known)), str(sum(v is None for v in vals)), ", ".join(known[:4])
+                      + (", ..." if len(known) > 4 else ""))
+    out_console.print(attrs)
+    for w in caught:
+        out_console.print(f"[yellow]warning:[/yellow] {w.message}", highlight=False)
+
+
+def _options(items: list[str]) -> dict:
+    from applefair.data.formats import parse_options
+
+    return parse_options(items)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(data_app, name="data")

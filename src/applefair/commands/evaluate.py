@@ -1,0 +1,139 @@
+"""`applefair evaluate` (one model, optionally patched) and `applefair aggregate-seeds` (runs across seeds)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+out_console = Console()
+
+
+def evaluate(
+    data: Path = typer.Option(..., "--data", help="Dataset: a manifest CSV or a dataset folder (see --format)."),
+    model: Path = typer.Option(..., "--model", help="Deployed model folder (model.yaml + model.safetensors)."),
+    patch: Path | None = typer.Option(None, "--patch", help="Fairness patch (patch.safetensors) to attach."),
+    attribute: list[str] = typer.Option([], "--attribute", "-a",
+                                        help="Sensitive attribute (a group spec such as 'sex' or 'age:0,60,inf'); "
+                                             "give it twice to evaluate the intersection."),
+    groups: str | None = typer.Option(None, "--groups",
+                                      help="Full group spec ('sex=F,M', 'sex*age:0,60,inf') or a YAML file; "
+                                           "replaces --attribute."),
+    out: Path = typer.Option(..., "--out", help="Run folder to write."),
+    split: str = typer.Option("test", "--split", help="Split to evaluate (train, val or test)."),
+    data_format: str = typer.Option(None, "--format", help="Dataset format (csv, fairseg, tusc, fives, nifti); "
+                                                           "detected when omitted."),
+    option: list[str] = typer.Option([], "--option", help="Reader option KEY=VALUE (repeatable)."),
+    size: int = typer.Option(None, "--size", help="Resize every sample to SIZE x SIZE (as in training)."),
+    metrics: str = typer.Option("dice,iou,hd95,nsd", "--metrics", help="Per-sample metrics, comma-separated."),
+    nsd_tolerance: float = typer.Option(2.0, "--nsd-tolerance", help="Surface-Dice tolerance in pixels."),
+    bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for CIs (0: no CIs)."),
+    level: float = typer.Option(0.95, "--level", help="Confidence level of the intervals."),
+    leakage: bool = typer.Option(True, "--leakage/--no-leakage", help="Fit fresh probes on the latents."),
+    folds: int = typer.Option(5, "--folds", help="Cross-validation folds of the leakage probes."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap and the probes."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Images per forward pass."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Evaluate a deployed model (and its fairness patch) per group, with CIs and attribute leakage.
+
+    Writes metrics.json, per_sample.csv and leakage.json; with --patch also deployed/ (the model
+    without the patch), paired.json (change after - before with paired CIs and Wilcoxon tests)
+    and frozen_check.json.
+
+    Example: applefair evaluate --data data/ --model deployed/ --patch patch.safetensors --attribute sex --out eval/
+    """
+    from applefair.data.formats import parse_options
+    from applefair.metrics.run import EvalOptions, run_evaluation
+
+    opts = EvalOptions(split=split, format=data_format or None, options=parse_options(option), size=size,
+                       metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()),
+                       nsd_tolerance=nsd_tolerance, bootstrap=bootstrap, level=level, leakage=leakage,
+                       folds=folds, seed=seed, batch_size=batch_size, device=device)
+    result = run_evaluation(data, model, out, patch=patch, attributes=attribute, groups=groups, opts=opts,
+                            overwrite=overwrite, quiet=quiet)
+    for note in result["metrics"].get("warnings", []):
+        out_console.print(f"[yellow]warning:[/yellow] {escape(note)}", highlight=False)
+    _print_summary(result)
+    out_console.print(f"Wrote {out}/metrics.json, per_sample.csv" + (", leakage.json" if leakage else "")
+                      + (", paired.json" if patch else ""))
+
+
+def _fmt(v, ci=None, digits: int = 4) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    text = f"{v:.{digits}f}"
+    if ci and all(isinstance(c, (int, float)) and math.isfinite(c) for c in ci):
+        text += f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]"
+    return text
+
+
+def _print_summary(result: dict) -> None:
+    m = result["metrics"]
+    ci = m.get("ci", {})
+    level = f"{100 * ci['level']:.0f}% CI" if ci else "no CI"
+    table = Table(title=f"Test metrics by group, attribute '{m['attribute']}' ({level})")
+    for col in ("group", "n", "Dice", "IoU"):
+        table.add_column(col, justify="left" if col == "group" else "right")
+    rows = [("overall", m["overall"], ci.get("overall", {}))]
+    rows += [(g, v, ci.get("groups", {}).get(g, {})) for g, v in m["groups"].items()]
+    for name, v, c in rows:
+        table.add_row(name, str(v["n"]), _fmt(v.get("dice"), c.get("dice")), _fmt(v.get("iou"), c.get("iou")))
+    out_console.print(table)
+    fair = Table(title="Fairness (Dice)")
+    fair.add_column("metric")
+    fair.add_column("value", justify="right")
+    if "paired" in result:
+        fair.add_column("change vs deployed", justify="right")
+    for key in ("dice_delta", "dice_worst", "dice_skewness", "dice_std", "es_dice_sum", "es_dice_std"):
+        if key not in m["fairness"]:
+            continue
+        cells = [key, _fmt(m["fairness"][key], ci.get("fairness", {}).get(key))]
+        if "paired" in result:
+            p = result["paired"]["fairness"].get(key, {})
+            cells.append(_fmt(p.get("diff"), p.get("ci")) + (" *" if p.get("excludes_zero") else ""))
+        fair.add_row(*cells)
+    out_console.print(fair)
+    for site, v in (result.get("leakage") or {}).items():
+        text = f"Leakage at {site}: probe AUC (logistic) {_fmt(v.get('auc_before'), v.get('auc_before_ci'), 3)}"
+        if "auc_after" in v:
+            text += f" before -> {_fmt(v.get('auc_after'), v.get('auc_after_ci'), 3)} after"
+        out_console.print(text)
+
+
+def aggregate_seeds_cmd(
+    runs: list[Path] = typer.Argument(..., help="Run folders of the same evaluation with different seeds."),
+    out: Path = typer.Option(..., "--out", help="JSON file to write (mean ± std per number, markers)."),
+) -> None:
+    """Mean ± std across seeds of every metric, and a '*' where a paired change is significant across seeds.
+
+    Reads metrics.json (and paired.json when present) in each run folder. A change is marked when
+    the t-interval of its mean across seeds excludes zero.
+
+    Example: applefair aggregate-seeds runs/eval-s0 runs/eval-s1 runs/eval-s2 --out runs/seeds.json
+    """
+    from applefair.metrics.run import aggregate_runs
+
+    result = aggregate_runs(runs, out)
+    table = Table(title=f"Across {len(runs)} runs (mean ± std)")
+    for col in ("metric", "value", "change vs deployed"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    for key, v in result["metrics"].get("fairness", {}).items():
+        if not key.startswith(("dice", "es_dice")):
+            continue
+        ch = result.get("paired", {}).get("fairness", {}).get(key)
+        change = f"{ch['text']}" if ch else ""
+        table.add_row(key, v["text"], change)
+    out_console.print(table)
+    out_console.print(f"Wrote {out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(evaluate)
+    app.command("aggregate-seeds")(aggregate_seeds_cmd)

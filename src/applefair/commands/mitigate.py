@@ -1,0 +1,94 @@
+"""`applefair mitigate`: fit a fairness patch (APPLE) for a deployed model, or run a baseline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+out_console = Console()
+
+
+def mitigate(
+    data: Path = typer.Option(..., "--data", help="Dataset: a manifest CSV or a folder holding manifest.csv."),
+    model: Path = typer.Option(..., "--model", help="Deployed model folder (model.yaml + model.safetensors); "
+                                                    "only read, never written."),
+    attribute: list[str] = typer.Option([], "--attribute", "-a",
+                                        help="Sensitive attribute or group spec ('sex', 'age:0,60,inf'); "
+                                             "give it twice for the intersection."),
+    groups: str | None = typer.Option(None, "--groups", help="Full group spec string or YAML file (replaces "
+                                                             "--attribute)."),
+    out: Path = typer.Option(..., "--out", help="Run folder to write."),
+    site: list[str] = typer.Option([], "--site", help="Latent site (dotted module path); repeat for several. "
+                                                      "Default: the model's own site."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Training epochs (overrides the config)."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed (overrides the config)."),
+    config: Path | None = typer.Option(None, "--config", help="YAML file of APPLE options (see docs/method.md)."),
+    method: str = typer.Option("apple", "--method", help="apple, or a baseline name from applefair.baselines."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    export: bool = typer.Option(False, "--export", help="Also export the mitigated model to TorchScript and ONNX."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+) -> None:
+    """Train a fairness patch for a frozen deployed segmentor (APPLE) and evaluate it.
+
+    Writes patch.safetensors (attach with applefair.attach(model, path)), metrics.json and
+    per_sample.csv (test), val/, deployed/ (test metrics of the unchanged model), leakage.json,
+    history.csv, curves.png, checkpoint.safetensors, frozen_check.json, config.yaml and run.log.
+
+    Example: applefair mitigate --data runs/demo/data --model runs/demo/deployed --attribute sex --out runs/mitigate
+    """
+    from applefair.apple.run import load_apple_config, run_mitigation
+    from applefair.errors import InputError
+    from applefair.metrics.run import build_group_spec
+
+    cfg = load_apple_config(config)
+    if epochs is not None:
+        cfg.epochs = epochs
+    if seed is not None:
+        cfg.seed = seed
+    if site:
+        cfg.sites = list(site)
+    cfg.__post_init__()
+    options: dict = {}
+    if method != "apple" and config is not None:
+        import yaml
+
+        options = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("options", {})
+    if method != "apple" and resume:
+        raise InputError("--resume is only supported for --method apple")
+    spec = build_group_spec(attribute, groups)
+    result = run_mitigation(data, model, out, spec, cfg, method=method, method_options=options, resume=resume,
+                            overwrite=overwrite, export=export, quiet=quiet)
+    _print(result, method)
+    out_console.print(f"Run folder: {out}" + (f"  patch: {out / 'patch.safetensors'}" if method == "apple" else ""))
+
+
+def _print(result: dict, method: str) -> None:
+    after = result["test"]["metrics"]
+    before = result.get("deployed", {}).get("metrics")
+    table = Table(title=f"Test split, attribute '{after['attribute']}' ({method})")
+    for col in ("metric", "deployed", "mitigated"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    rows = [("overall Dice", "overall", "dice")] + [(f"Dice {g}", "groups", g) for g in after["groups"]]
+    for label, where, key in rows:
+        a = after[where]["dice"] if where == "overall" else after[where][key]["dice"]
+        b = "" if before is None else (f"{before[where]['dice']:.4f}" if where == "overall"
+                                       else f"{before[where].get(key, {}).get('dice', float('nan')):.4f}")
+        table.add_row(label, b, f"{a:.4f}")
+    for key, label in (("dice_delta", "Dice gap"), ("es_dice_sum", "ES-Dice (sum)")):
+        if key in after["fairness"]:
+            b = "" if before is None else f"{before['fairness'].get(key, float('nan')):.4f}"
+            table.add_row(label, b, f"{after['fairness'][key]:.4f}")
+    if "probe_auc" in result["test"]:
+        table.add_row("probe AUC (latent)", f"{result['deployed']['probe_auc']:.3f}",
+                      f"{result['test']['probe_auc']:.3f}")
+    out_console.print(table)
+    chk = result["check"]
+    out_console.print(f"Deployed model unchanged: {'yes' if chk['unchanged'] else 'NO'}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(mitigate)

@@ -1,0 +1,72 @@
+"""`applefair models list` and `applefair models sites NAME`."""
+
+from __future__ import annotations
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+out_console = Console()
+models_app = typer.Typer(no_args_is_help=True, help="The segmentor zoo and its latent sites.")
+
+
+@models_app.command("list")
+def list_cmd() -> None:
+    """List the segmentors that `--model NAME` accepts, with their tiny (CPU-test) arguments.
+
+    Example: applefair models list
+    """
+    from applefair.models.registry import list_models, model_info
+
+    table = Table(title="Segmentor zoo")
+    for col in ("name", "what", "--tiny arguments"):
+        table.add_column(col)
+    for name in list_models():
+        info = model_info(name)
+        table.add_row(name, info["summary"], ", ".join(f"{k}={v}" for k, v in info["tiny"].items()))
+    out_console.print(table)
+
+
+@models_app.command("sites")
+def sites_cmd(
+    name: str = typer.Argument(..., help="A zoo name (see `applefair models list`) or a model folder."),
+    tiny: bool = typer.Option(False, "--tiny", help="The CPU-test size of the model."),
+    size: int = typer.Option(64, "--size", help="Side of the example image (px) used to measure output shapes."),
+    arg: list[str] = typer.Option([], "--arg", help="Model argument KEY=VALUE (repeatable), e.g. variant=vit_b."),
+    show_all: bool = typer.Option(False, "--all", help="List every module with a tensor output, not only the "
+                                                       "declared sites and the top two levels."),
+) -> None:
+    """List latent sites (module paths) with the output shape each has for a SIZE x SIZE image.
+
+    The default site (where APPLE perturbs unless told otherwise) and the skip sites are marked.
+    Any listed path can be given as a site; a module called several times per forward is a poor site.
+
+    Example: applefair models sites unet --tiny --size 64
+    """
+    import torch
+
+    from applefair.models.fit import model_folder, parse_model_args
+    from applefair.models.registry import create_segmentor, load_model_dir
+    from applefair.models.sites import list_sites
+
+    folder = model_folder(name)
+    if folder is not None:
+        net, spec = load_model_dir(folder)
+    else:
+        net, spec = create_segmentor(name, tiny=tiny, **parse_model_args(arg))
+    example = torch.rand(1, 1, size, size)
+    infos = list_sites(net, example, spec.site, spec.skip_sites)
+    if not show_all:
+        infos = [s for s in infos if s.role or (len(s.shape) == 4 and s.name.count(".") <= 1)]
+    table = Table(title=f"Latent sites of {spec.name} for a {size}x{size} image")
+    table.add_column("site", overflow="fold")
+    for col in ("module", "output shape", "role", "calls"):
+        table.add_column(col)
+    for s in infos:
+        table.add_row(s.name, s.module, "x".join(map(str, s.shape)), s.role, str(s.calls) if s.calls > 1 else "")
+    out_console.print(table)
+    out_console.print(f"default site: {spec.site}; skip sites: {', '.join(spec.skip_sites) or 'none'}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(models_app, name="models")

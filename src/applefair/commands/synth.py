@@ -1,0 +1,48 @@
+"""`applefair synth`: write the synthetic biased benchmark as a manifest folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+out_console = Console()
+
+
+def synth(
+    kind: str = typer.Argument(..., help="nodules (ultrasound-like, attribute sex) or vessels (fundus-like, "
+                                         "attribute age in years)."),
+    out: Path = typer.Option(..., "--out", help="Folder to write (manifest.csv, images/, masks/)."),
+    n: int = typer.Option(800, "--n", help="Number of images."),
+    size: int = typer.Option(96, "--size", help="Image side in pixels."),
+    bias: str = typer.Option("contrast", "--bias", help="Bias mechanism: contrast (difficulty), gain, artifact, "
+                                                        "anatomy (shortcut), none (control)."),
+    minority_share: float = typer.Option(0.25, "--minority-share", help="Share of the minority group (0-1)."),
+    strength: float = typer.Option(1.0, "--strength", help="Size of the group difference (0 = none)."),
+    seed: int = typer.Option(0, "--seed", help="Seed; the same seed gives the same files."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing, non-empty --out folder."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """Write a synthetic benchmark with a known group bias (see docs/data.md).
+
+    Example: applefair synth vessels --out data/vessels --n 800 --size 96 --bias anatomy --minority-share 0.25 --seed 0
+    """
+    from applefair.data.synthetic import BIASES, KINDS, generate
+    from applefair.errors import InputError
+    from applefair.io import staged_dir
+    from applefair.progress import progress_bar
+
+    if kind not in KINDS:  # checked before anything is written
+        raise InputError(f"kind '{kind}' is not known (expected one of: {', '.join(KINDS)})")
+    if bias not in BIASES:
+        raise InputError(f"--bias '{bias}' is not known (expected one of: {', '.join(BIASES)})")
+    with staged_dir(out, overwrite=overwrite) as stage, progress_bar(quiet) as bar:
+        task = bar.add_task(f"synth {kind} ({bias})", total=n, info="")
+        generate(stage, n=n, size=size, bias=bias, minority_share=minority_share, strength=strength, seed=seed,
+                 kind=kind, on_image=lambda i: bar.update(task, completed=i + 1))
+    out_console.print(f"Wrote {n} {kind} images ({bias} bias) to {out / 'manifest.csv'}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(synth)

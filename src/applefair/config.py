@@ -1,0 +1,118 @@
+"""Run configuration: YAML files validated by pydantic models.
+
+Every command follows one pattern (see docs/cli.md): its settings are a pydantic model
+with ``extra="forbid"``; ``--config FILE`` loads a YAML file into it (unknown keys and
+wrong types are one-line `InputError`s naming the key); options given on the command
+line override the file; the resolved settings are written to the run folder's
+``config.yaml``. Why: a config that silently ignores a misspelt key runs the wrong
+experiment without telling anyone.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from applefair.errors import InputError
+
+M = TypeVar("M", bound=BaseModel)
+
+Device = Literal["auto", "cpu", "cuda"]
+
+
+class Settings(BaseModel):
+    """Base of every command's settings: unknown keys are an error, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DemoSettings(Settings):
+    """Settings of `applefair demo` (the built-in synthetic benchmark)."""
+
+    quick: bool = Field(False, description="Small, fast version (about a minute on 2 cores).")
+    n: int | None = Field(None, gt=0, description="Number of synthetic images (default 800, quick 240).")
+    size: int | None = Field(None, ge=16, description="Image side in pixels (default 96, quick 64).")
+    bias: str = Field("contrast", description="Bias mechanism of the synthetic data.")
+    minority_share: float = Field(0.25, gt=0.0, lt=1.0, description="Share of the minority group.")
+    seed: int = Field(0, ge=0, description="Seed for data, training and APPLE.")
+    erm_epochs: int | None = Field(None, ge=1, description="Epochs of ERM training (default 30, quick 15).")
+    erm_lr: float | None = Field(None, gt=0.0, description="Learning rate of ERM training (default 3e-3, quick 5e-3).")
+    apple_epochs: int | None = Field(None, ge=1, description="Epochs of APPLE training (default 20, quick 4).")
+    channels: list[int] | None = Field(None, min_length=2, description="U-Net channels per level.")
+    device: Device = Field("auto", description="auto, cpu or cuda.")
+
+
+def _format_loc(loc: tuple) -> str:
+    return ".".join(str(p) for p in loc) if loc else "(top level)"
+
+
+def validation_message(exc: ValidationError, source: str) -> str:
+    """One line naming the first offending key and what was expected."""
+    err = exc.errors()[0]
+    key = _format_loc(tuple(err.get("loc", ())))
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        return f"{source}: unknown key '{key}'"
+    value = err.get("input")
+    shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return f"{source}: key '{key}': {err.get('msg', 'invalid value')} (got {shown})"
+
+
+def validate_settings(data: Mapping[str, Any], model: type[M], source: str = "config") -> M:
+    """Validate a mapping into `model`; errors become a one-line InputError."""
+    try:
+        return model.model_validate(dict(data))
+    except ValidationError as exc:
+        raise InputError(validation_message(exc, source)) from None
+
+
+def load_config(path: str | os.PathLike, model: type[M]) -> M:
+    """Read a YAML file into `model` (a pydantic model with extra='forbid')."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: config file not found (expected a YAML file)")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"{path}: not valid YAML ({first})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a mapping of keys to values at the top level, "
+                         f"got {type(data).__name__}")
+    bad = [k for k in data if not isinstance(k, str)]
+    if bad:
+        raise InputError(f"{path}: key {bad[0]!r} is not a string")
+    return validate_settings(data, model, str(path))
+
+
+def resolve_settings(model: type[M], config: str | os.PathLike | None = None, **overrides: Any) -> M:
+    """Defaults < config file < command-line options (those not None).
+
+    Typer options that may also come from the file default to None, so that "not given"
+    can be told apart from "given with the default value".
+    """
+    base = load_config(config, model).model_dump() if config is not None else {}
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return validate_settings({**base, **given}, model, "command line" if not config else str(config))
+
+
+def resolve_device(name: str) -> str:
+    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; asking for an absent GPU is bad input."""
+    import torch
+
+    if name not in ("auto", "cpu", "cuda"):
+        raise InputError(f"--device: '{name}' (expected auto, cpu or cuda)")
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise InputError("--device cuda: no CUDA device is visible (use --device cpu or auto)")
+    return name

@@ -1,0 +1,37 @@
+"""What `applefair bench` measures, and the targets it checks (issue #9, section 4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+RETRAINING = ("resampling", "groupdro", "febs", "adversarial")
+TARGETS = {"mitigation_cost_ratio": 0.25, "mitigation_cost_ratio_aim": 0.10, "inference_latency_ratio": 1.10,
+           "params_ratio": 0.05}
+
+
+@dataclass
+class BenchConfig:
+    """Sizes of each measurement; `quick()` fits in about 3 minutes on 2 cores."""
+
+    seed: int = 0
+    n: int = 480  # images of the mitigation-cost data set (60% train)
+    size: int = 96  # their side in pixels
+    deploy_epochs: int = 6
+    epochs: int = 4  # the same budget for APPLE and every retraining baseline
+    batch_size: int = 16
+    methods: tuple[str, ...] = RETRAINING
+    latency_size: int = 128
+    latency_repeats: int = 10
+    sam_args: dict = field(default_factory=lambda: {"variant": "vit_b", "img_size": 256})
+    sam_tiny: bool = False
+    dataset_sizes: tuple[int, ...] = (1000, 4000, 16000)
+    image_sizes: tuple[int, ...] = (64, 128, 256)
+    scaling_n: int = 512  # images per epoch in the image-size sweep
+    eval_n: int = 1000
+    tiny: bool = False  # tiny U-Nets in the scaling and evaluation sweeps (tests)
+
+    @classmethod
+    def quick(cls, seed: int = 0) -> BenchConfig:
+        return cls(seed=seed, n=240, size=64, deploy_epochs=3, epochs=2, latency_size=96, latency_repeats=5,
+                   sam_args={}, sam_tiny=True, dataset_sizes=(256, 512, 1024), image_sizes=(64, 128),
+                   scaling_n=128, eval_n=256)

@@ -1,0 +1,285 @@
+"""The workloads `applefair bench` times: mitigation (APPLE vs retraining), inference overhead,
+APPLE epochs vs data-set and image size, and evaluation throughput."""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from applefair.data.groups import GroupSpec
+from applefair.data.manifest import SegmentationDataset, read_manifest
+from applefair.data.synthetic import generate
+from applefair.io import write_csv
+from applefair.perf.config import BenchConfig
+from applefair.perf.measure import Measure, attempt
+
+# ----------------------------------------------------------------------------- data
+
+
+def repeated_manifest(source: Path, n: int, name: str, split: str = "train") -> Path:
+    """A manifest of `n` rows cycling over the images of `source` (unique ids, shared files):
+    data sets of any size without rendering every image, for timing only."""
+    base = pd.read_csv(source, dtype=str, keep_default_na=False)
+    rows = base.iloc[[i % len(base) for i in range(n)]].copy()
+    rows["id"] = [f"r{i:06d}" for i in range(n)]
+    rows["split"] = split
+    path = source.parent / name
+    write_csv(path, rows[["id", "image", "mask", "split", "sex"]])
+    return path
+
+
+def load_splits(manifest: Path, cache: bool = True) -> tuple[dict[str, SegmentationDataset], GroupSpec]:
+    frame = read_manifest(manifest)
+    groups = GroupSpec("sex").fit(frame)
+    return {s: SegmentationDataset(frame, groups, s, cache=cache) for s in ("train", "val", "test")}, groups
+
+
+# ----------------------------------------------------------------------------- 1. mitigation cost
+
+
+def mitigation_cost(cfg: BenchConfig, work: Path, model: str = "unet", tiny: bool = False, args: dict | None = None,
+                    quiet: bool = True) -> dict:
+    """Wall time, CPU time and peak memory of APPLE (cached, uncached) and each retraining baseline,
+    all from the same deployed `model` with the same data, epochs and batch size.
+
+    The U-Net is first trained by ERM (`deploy_epochs`); other models keep their random weights
+    (timing does not depend on them, and training a SAM-like model here would dominate the bench).
+    """
+    from applefair.baselines import get_method
+    from applefair.baselines.base import Budget
+    from applefair.models.registry import create_segmentor
+    from applefair.models.train import TrainConfig, train_segmentor
+
+    folder = work / "cost"
+    manifest = folder / "manifest.csv" if (folder / "manifest.csv").is_file() else \
+        generate(folder, n=cfg.n, size=cfg.size, seed=cfg.seed)
+    split, groups = load_splits(manifest)
+    torch.manual_seed(cfg.seed)
+    net, spec = create_segmentor(model, tiny=tiny, **(args or {}))
+    if model == "unet":
+        train_segmentor(net, split["train"], split["val"], groups,
+                        TrainConfig(epochs=cfg.deploy_epochs, batch_size=cfg.batch_size, seed=cfg.seed), quiet=quiet)
+    budget = Budget(epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed)
+    runs: dict[str, dict] = {}
+
+    def fit(method: str, options: dict | None = None) -> dict:
+        with Measure() as m:
+            res = get_method(method).fit(net, spec, split["train"], split["val"], groups, budget, options, quiet)
+        return {**m.as_dict(), "trainable_params": res.trainable_params, "selected_epoch": res.selected_epoch}
+
+    for method in cfg.methods:
+        runs[method] = attempt(lambda method=method: fit(method))
+    runs["apple_cached"] = attempt(lambda: fit("apple", {"cache": "memory", "augment": False}))
+    runs["apple_uncached"] = attempt(lambda: fit("apple", {"cache": "off", "augment": False}))
+    timed = {k: v for k, v in runs.items() if k in cfg.methods and "seconds" in v}
+    cheapest = min(timed, key=lambda k: timed[k]["seconds"]) if timed else None
+    out = {"model": model, "tiny": tiny, "args": spec.args, "deployed_params": sum(p.numel() for p in net.parameters()),
+           "images": {k: len(v) for k, v in split.items()}, "size": cfg.size, "epochs": cfg.epochs,
+           "batch_size": cfg.batch_size, "runs": runs, "cheapest_baseline": cheapest}
+    for key, run in (("ratio", "apple_cached"), ("ratio_uncached", "apple_uncached")):
+        if cheapest is None:
+            out[key], out[f"{key}_reason"] = None, "no retraining baseline ran (see runs)"
+        elif "seconds" not in runs[run]:
+            out[key], out[f"{key}_reason"] = None, runs[run].get("error", "did not run")
+        else:
+            out[key] = round(runs[run]["seconds"] / timed[cheapest]["seconds"], 4)
+            out[f"{key}_cpu"] = round(runs[run]["cpu_seconds"] / timed[cheapest]["cpu_seconds"], 4)
+    return out
+
+
+# ----------------------------------------------------------------------------- 2. inference overhead
+
+
+def _median_latency(fn: Callable[[], object], repeats: int) -> float:
+    """Median seconds of `fn` after a warm-up call. On CPU this is the process's CPU time: with one
+    compute thread it equals wall time on an idle machine and is barely moved by other load (the
+    wall time of small calls is, heavily). On CUDA it is wall time after synchronising."""
+    cuda = torch.cuda.is_available()
+    clock = time.perf_counter if cuda else time.process_time
+    fn()  # warm-up (allocations, lazy init)
+    times = []
+    for _ in range(repeats):
+        t0 = clock()
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(clock() - t0)
+    return statistics.median(times)
+
+
+def _flops(fn: Callable[[], object]) -> int:
+    """Floating-point operations of one call, counted by torch (convolutions, matmuls): a cost that,
+    unlike latency on a shared machine, does not depend on the load."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def _blob_batch(b: int, size: int, seed: int) -> dict:
+    """Random images with a disc mask each (SAM-like models derive their prompts from the mask)."""
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    mask = (((yy - size / 2) ** 2 + (xx - size / 2) ** 2) < (size / 5) ** 2).float()
+    return {"image": torch.rand(b, 1, size, size, generator=g), "mask": mask.expand(b, 1, size, size).clone(),
+            "group": torch.zeros(b, dtype=torch.long), "index": torch.arange(b)}
+
+
+def inference_overhead(name: str, size: int, repeats: int, tiny: bool = False, seed: int = 0,
+                       widths: tuple[int, ...] = (8, 16), **args) -> dict:
+    """Latency (batch 1 and 16) and parameters of the deployed model vs the model with APPLE's
+    default perturber at the model's default site; parameters also for smaller widths."""
+    from applefair.apple.config import AppleConfig
+    from applefair.apple.patch import PatchedSegmentor, perturbers_for
+    from applefair.models.registry import create_segmentor, segment
+
+    torch.manual_seed(seed)
+    net, spec = create_segmentor(name, tiny=tiny, **args)
+    net.eval()
+    cfg = AppleConfig()
+    example = _blob_batch(2, size, seed)
+    extra = {"global_branch": cfg.global_branch, **({"num_res_blocks": cfg.res_blocks}
+                                                    if cfg.perturber == "unet" else {})}
+    deployed_params = sum(p.numel() for p in net.parameters())
+    small = {}
+    for w in widths:
+        pert = perturbers_for(net, [spec.site], example, w, cfg.perturber, **extra)
+        small[str(w)] = round(sum(p.numel() for m in pert.values() for p in m.parameters()) / deployed_params, 5)
+    perturbers = perturbers_for(net, [spec.site], example, cfg.width, cfg.perturber, **extra)
+    out = {"model": name, "args": spec.args, "tiny": tiny, "site": spec.site, "image_size": size,
+           "perturber": {"kind": cfg.perturber, "width": cfg.width}, "deployed_params": deployed_params}
+    batches = {b: _blob_batch(b, size, seed) for b in (1, 16)}
+    with torch.no_grad():
+        base = {b: _median_latency(lambda b=b: segment(net, batches[b]), repeats) for b in batches}
+        flops = {"deployed": _flops(lambda: segment(net, batches[1]))}
+        patched = PatchedSegmentor(net, perturbers).eval()
+        try:
+            mitigated = {b: _median_latency(lambda b=b: segment(patched, batches[b]), repeats) for b in batches}
+            flops["mitigated"] = _flops(lambda: segment(patched, batches[1]))
+        finally:
+            patched.remove()
+        # the smallest option: two 3x3 convs of width 8 (`perturber: conv, width: 8`)
+        tiny_pert = perturbers_for(net, [spec.site], example, 8, "conv", global_branch=False)
+        small_patched = PatchedSegmentor(net, tiny_pert).eval()
+        try:
+            small_lat = {b: _median_latency(lambda b=b: segment(small_patched, batches[b]), repeats) for b in batches}
+            flops["conv_w8"] = _flops(lambda: segment(small_patched, batches[1]))
+        finally:
+            small_patched.remove()
+    pert_params = sum(p.numel() for p in patched.perturbers.parameters())
+    for b in batches:
+        out[f"latency_ms_b{b}"] = {"deployed": round(base[b] * 1e3, 3), "mitigated": round(mitigated[b] * 1e3, 3)}
+        out[f"latency_ratio_b{b}"] = round(mitigated[b] / base[b], 4)
+    out["perturber_params"] = pert_params
+    out["params_ratio"] = round(pert_params / deployed_params, 5)
+    out["params_ratio_by_width"] = {**small, str(cfg.width): out["params_ratio"]}
+    conv8 = sum(p.numel() for m in tiny_pert.values() for p in m.parameters())
+    if flops["deployed"]:
+        out["flops_b1"] = flops
+        out["flops_ratio"] = round(flops["mitigated"] / flops["deployed"], 5)
+    out["conv_w8"] = {"params_ratio": round(conv8 / deployed_params, 5),
+                      "flops_ratio": round(flops["conv_w8"] / flops["deployed"], 5) if flops["deployed"] else None,
+                      **{f"latency_ratio_b{b}": round(small_lat[b] / base[b], 4) for b in batches}}
+    return out
+
+
+# ----------------------------------------------------------------------------- 3. scaling
+
+
+class _EpochClock(logging.Handler):
+    """Timestamps of the trainer's per-epoch log lines ('apple epoch N ...')."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.stamps: list[float] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if str(record.msg).startswith("apple epoch"):
+            self.stamps.append(time.perf_counter())
+
+
+def apple_epoch_cost(train: SegmentationDataset, val: SegmentationDataset, groups: GroupSpec, cache: str,
+                      work: Path, seed: int, epochs: int = 2, tiny: bool = False) -> dict:
+    """Seconds per APPLE epoch on `train`: the time between the trainer's last two epoch log lines
+    (one game epoch after the discriminator warm-up, plus its validation on the small fixed `val`);
+    cache build, epoch-0 validation and the warm-up epoch are reported apart (`until_first_epoch_s`)."""
+    from applefair.apple.config import AppleConfig
+    from applefair.apple.trainer import train_apple
+    from applefair.models.registry import create_segmentor
+
+    torch.manual_seed(seed)
+    net, spec = create_segmentor("unet", tiny=tiny)
+    run_dir = Path(tempfile.mkdtemp(dir=work, prefix=f"apple-{cache}-"))
+    cfg = AppleConfig(epochs=epochs, seed=seed, cache=cache, augment=False, selection="last")
+    logger = logging.getLogger("applefair")
+    clock, level = _EpochClock(), logger.level
+    logger.addHandler(clock)
+    logger.setLevel(logging.INFO)
+    try:
+        with Measure() as m:
+            train_apple(net, spec.site, train, val, groups, cfg, quiet=True, run_dir=run_dir)
+    finally:
+        logger.removeHandler(clock)
+        logger.setLevel(level)
+    out = {"n": len(train), "cache": cache, "epochs": epochs, "total_s": round(m.seconds, 3),
+           "peak_rss_mb": round(m.peak_mb, 1), "peak_rss_delta_mb": round(m.delta_mb, 1)}
+    if len(clock.stamps) >= 2:
+        out["s_per_epoch"] = round((clock.stamps[-1] - clock.stamps[-2]), 3)
+        out["until_first_epoch_s"] = round(clock.stamps[0] - m.start_time, 3)  # cache build, warm-up epoch
+    else:
+        out["s_per_epoch"] = None
+        out["s_per_epoch_reason"] = "the trainer logged fewer than 2 'apple epoch' lines"
+    return out
+
+
+def scaling(cfg: BenchConfig, work: Path) -> dict:
+    """APPLE seconds/epoch and peak memory vs data-set size (memory vs disk cache) and image size."""
+    out: dict = {"dataset_size": [], "image_size": []}
+    src = generate(work / "scale-src", n=64, size=64, seed=cfg.seed)
+    val_split, groups = load_splits(src, cache=False)
+    val = val_split["val"]
+    for n in cfg.dataset_sizes:
+        train = load_splits(repeated_manifest(src, n, f"train_{n}.csv"), cache=False)[0]["train"]
+        for cache in ("memory", "disk"):
+            row = attempt(lambda train=train, cache=cache: apple_epoch_cost(train, val, groups, cache, work,
+                                                                             cfg.seed, tiny=cfg.tiny))
+            out["dataset_size"].append({"n": n, "image_size": 64, "cache": cache, **row})
+    for size in cfg.image_sizes:
+        src_s = generate(work / f"scale-src-{size}", n=32, size=size, seed=cfg.seed)
+        split, groups_s = load_splits(src_s, cache=False)
+        train = load_splits(repeated_manifest(src_s, cfg.scaling_n, "train_sized.csv"), cache=False)[0]["train"]
+        row = attempt(lambda train=train, split=split, groups_s=groups_s: apple_epoch_cost(
+            train, split["val"], groups_s, "memory", work, cfg.seed, tiny=cfg.tiny))
+        out["image_size"].append({"n": cfg.scaling_n, "image_size": size, "cache": "memory", **row})
+    return out
+
+
+# ----------------------------------------------------------------------------- 4. evaluation throughput
+
+
+def evaluation_throughput(cfg: BenchConfig, work: Path) -> dict:
+    """Seconds per 1,000 images of `predict_scores` (default U-Net, 64 px): Dice+IoU vs +HD95."""
+    from applefair.metrics.evaluate import predict_scores
+    from applefair.models.registry import create_segmentor
+
+    src = generate(work / "eval-src", n=64, size=64, seed=cfg.seed)
+    data, groups = load_splits(repeated_manifest(src, cfg.eval_n, "eval.csv", split="test"))
+    ds = data["test"]
+    for i in range(len(ds)):  # decode once, so that only inference + metrics are timed
+        ds[i]
+    torch.manual_seed(cfg.seed)
+    net, _ = create_segmentor("unet", tiny=cfg.tiny)
+    out: dict = {"n": len(ds), "image_size": 64, "model": "unet (tiny)" if cfg.tiny else "unet (default)"}
+    for label, metrics in (("dice_iou", ("dice", "iou")), ("dice_iou_hd95", ("dice", "iou", "hd95"))):
+        with Measure() as m:
+            predict_scores(net, ds, groups, metrics=metrics)
+        out[f"s_per_1000_{label}"] = round(m.seconds * 1000 / len(ds), 3)
+    return out

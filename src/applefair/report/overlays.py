@@ -1,0 +1,91 @@
+"""Example overlays: predictions of the deployed model before and after the patch.
+
+The run folder stores models and data, not predictions, so the report recomputes the few
+it shows: it loads ``deployed/`` (or the config's ``model``), attaches ``patch.safetensors``
+(or the config's ``patch``) and reads the test split of the run's manifest. "Before" is the
+same patched model with its perturbers switched off, so both come from one forward path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.utils.data import default_collate
+
+from applefair.errors import InputError
+from applefair.report.runfolder import RunData, config_path
+
+
+def _path(run: RunData, local: str, key: str, marker: str = "") -> Path | None:
+    """`local` inside the run folder, else the config's `key`; `marker` must exist inside it (model folders)."""
+    cands = [run.root / local]
+    value = config_path(run.config, key)
+    if value:
+        cands += [Path(value), run.root / value]
+    for cand in cands:
+        if cand.exists() and (not marker or (cand / marker).is_file()):
+            return cand
+    return None
+
+
+def pick_cases(per_sample, per_group: int = 1) -> list[tuple[str, str, str]]:
+    """(group, 'best'|'worst', id) for each known group, by Dice."""
+    out = []
+    frame = per_sample[per_sample["group"].astype(str) != "unknown"].dropna(subset=["dice"])
+    for group, sub in frame.groupby("group", sort=True):
+        ranked = sub.sort_values("dice", kind="stable")
+        best = ranked.iloc[::-1].head(per_group)["id"].astype(str).tolist()
+        worst = [i for i in ranked.head(per_group)["id"].astype(str).tolist() if i not in best]
+        out += [(str(group), "best", i) for i in best] + [(str(group), "worst", i) for i in worst]
+    return out
+
+
+@torch.no_grad()
+def compute_overlays(run: RunData, per_group: int = 1) -> tuple[list[dict] | None, str]:
+    """The chosen cases with image, truth, before and after masks, or (None, why not)."""
+    from applefair.apple.patch import attach
+    from applefair.data.groups import GroupSpec
+    from applefair.data.manifest import SegmentationDataset, read_manifest
+    from applefair.metrics.segmentation import per_sample_metrics
+    from applefair.models.registry import load_model_dir, segment
+
+    model_dir = _path(run, "deployed", "model", marker="model.yaml")
+    patch = _path(run, "patch.safetensors", "patch")
+    scored = next((e for e in reversed(run.evaluations) if e.per_sample is not None), None)
+    missing = [what for what, ok in (("a deployed/ model folder", model_dir), ("patch.safetensors", patch),
+                                     ("the data manifest", run.manifest_path), ("per_sample.csv", scored))
+               if ok is None]
+    if missing:
+        return None, "Example overlays skipped: missing " + ", ".join(missing) + "."
+    try:
+        net, _spec = load_model_dir(model_dir)
+        patched = attach(net, patch)
+        frame = read_manifest(run.manifest_path)
+    except InputError as exc:
+        return None, f"Example overlays skipped: {exc}"
+    meta_groups = getattr(patched, "groups", None) or getattr(patched, "meta", {}).get("groups")
+    groups = GroupSpec.from_dict(meta_groups) if meta_groups else \
+        GroupSpec(run.attribute or "", list(scored.metrics["groups"]))
+    if groups.attribute not in frame.columns:
+        return None, f"Example overlays skipped: attribute column '{groups.attribute}' is not in the manifest."
+    test = SegmentationDataset(frame, groups, "test")
+    index = {i: k for k, i in enumerate(test.ids)}
+    cases = [(g, w, i) for g, w, i in pick_cases(scored.per_sample, per_group) if i in index]
+    if not cases:
+        return None, "Example overlays skipped: none of the scored ids is in the manifest's test split."
+    batch = default_collate([test[index[i]] for _, _, i in cases])
+    patched.eval()
+    patched.enabled = False
+    before = torch.sigmoid(segment(patched, batch))
+    patched.enabled = True
+    after = torch.sigmoid(segment(patched, batch))
+    d_before = per_sample_metrics(before, batch["mask"])["dice"]
+    d_after = per_sample_metrics(after, batch["mask"])["dice"]
+    out = []
+    for k, (g, which, i) in enumerate(cases):
+        out.append({"group": g, "which": which, "id": i, "image": batch["image"][k, 0].numpy(),
+                    "mask": batch["mask"][k, 0].numpy(), "before": (before[k, 0] > 0.5).float().numpy(),
+                    "after": (after[k, 0] > 0.5).float().numpy(),
+                    "dice_before": float(d_before[k]), "dice_after": float(d_after[k])})
+    return out, ""

@@ -1,0 +1,153 @@
+"""The plain-language summary, generated from the numbers (never written by hand).
+
+Each sentence is produced only when the numbers behind it exist, and says which direction
+things moved with a tolerance, so a 0.1-point wobble is not sold as an improvement.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from applefair.report.runfolder import Evaluation, RunData
+from applefair.report.tables import ci_interval, ci_pair
+
+TOL = 0.005  # half a Dice point: changes smaller than this are "about the same"
+
+
+def _pts(v: float) -> str:
+    return f"{100 * v:.1f}"
+
+
+def _ci_pts(ci: tuple[float, float] | None) -> str:
+    return f" (95% CI {_pts(ci[0])} to {_pts(ci[1])})" if ci else ""
+
+
+def _extremes(m: dict) -> tuple[str, str] | None:
+    groups = {g: v["dice"] for g, v in m["groups"].items() if isinstance(v, dict) and "dice" in v}
+    if len(groups) < 2:
+        return None
+    return max(groups, key=groups.get), min(groups, key=groups.get)
+
+
+def _between(m: dict) -> str:
+    ext = _extremes(m)
+    if ext is None:
+        return "groups"
+    if len(m["groups"]) == 2:
+        return f"{ext[0]} and {ext[1]}"
+    return f"the best ({ext[0]}) and worst ({ext[1]}) of {len(m['groups'])} groups"
+
+
+def _paired_ci(run: RunData, key: str) -> tuple[float, float] | None:
+    """CI of the change in `key` from a paired comparison (paired.json or after's 'ci'['change'])."""
+    for node in ((run.paired or {}).get("ci"), run.paired, (run.evaluations[-1].metrics.get("ci") or {}).get("change")):
+        if isinstance(node, dict):
+            for sub in (node.get("fairness"), node.get("overall"), node):
+                if isinstance(sub, dict) and key in sub:
+                    pair = ci_pair(sub[key])
+                    if pair:
+                        return pair
+    return None
+
+
+def compare_sentences(run: RunData, a: Evaluation, b: Evaluation) -> list[str]:
+    """What happened between a reference evaluation `a` and a mitigated one `b`."""
+    ma, mb = a.metrics, b.metrics
+    out = []
+    ga, gb = ma["fairness"].get("dice_delta"), mb["fairness"].get("dice_delta")
+    da, db = ma["overall"].get("dice"), mb["overall"].get("dice")
+    if ga is not None and gb is not None:
+        verb = "fell" if gb < ga - TOL else ("rose" if gb > ga + TOL else "stayed about the same")
+        change_ci = _paired_ci(run, "dice_delta")
+        ci_text = (f" (95% CI of the change {_pts(change_ci[0])} to {_pts(change_ci[1])} points)" if change_ci
+                   else _ci_pts(ci_interval(mb, "fairness", "dice_delta")))
+        moved = f"from {_pts(ga)} to {_pts(gb)} points" if verb != "stayed about the same" else \
+            f"({_pts(ga)} to {_pts(gb)} points)"
+        text = f"The Dice gap between {_between(ma)} {verb} {moved}{ci_text}"
+        if da is not None and db is not None:
+            text += f" while overall Dice moved by {100 * (db - da):+.1f} points ({_pts(da)} to {_pts(db)})"
+        out.append(text + ".")
+    ext = _extremes(ma)
+    if ext and ext[1] in mb["groups"]:
+        worst = ext[1]
+        wa, wb = ma["groups"][worst]["dice"], mb["groups"][worst]["dice"]
+        out.append(f"The group that was worst off before ({worst}) went from {_pts(wa)} to {_pts(wb)} Dice points"
+                   + _ci_pts(ci_interval(mb, "groups", "dice", worst)) + ".")
+    for key, name in (("es_dice_sum", "ES-Dice (Harvard-FairSeg, sum form)"),
+                      ("es_dice_std", "ES-Dice (FairMedFM, std form)")):
+        va, vb = ma["fairness"].get(key), mb["fairness"].get(key)
+        if va is not None and vb is not None:
+            verb = "rose" if vb > va + TOL else ("fell" if vb < va - TOL else "stayed about the same")
+            out.append(f"{name} {verb}: {va:.3f} to {vb:.3f} (higher is fairer at equal Dice).")
+    return out
+
+
+def single_sentences(ev: Evaluation) -> list[str]:
+    m = ev.metrics
+    out = [f"Overall Dice is {_pts(m['overall']['dice'])} points on {m['overall'].get('n', '?')} test images"
+           + _ci_pts(ci_interval(m, "overall", "dice")) + "."]
+    ext = _extremes(m)
+    if ext and "dice_delta" in m["fairness"]:
+        out.append(f"The Dice gap between {_between(m)} is {_pts(m['fairness']['dice_delta'])} points"
+                   + _ci_pts(ci_interval(m, "fairness", "dice_delta"))
+                   + f"; ES-Dice is {m['fairness'].get('es_dice_sum', math.nan):.3f} (sum form) and "
+                   f"{m['fairness'].get('es_dice_std', math.nan):.3f} (std form).")
+    return out
+
+
+def leakage_sentence(leakage: dict) -> str | None:
+    if any("auc" in k.lower() and isinstance(v, (int, float)) for k, v in leakage.items()):  # one flat site
+        sites = leakage.get("sites")
+        leakage = {", ".join(map(str, sites)) if isinstance(sites, list) and sites else "the latent": leakage}
+    pairs = [(s, v.get("auc_before"), v.get("auc_after")) for s, v in leakage.items() if isinstance(v, dict)]
+    pairs = [(s, b, a) for s, b, a in pairs if isinstance(b, (int, float)) and isinstance(a, (int, float))]
+    if pairs:
+        parts = [f"{b:.2f} before and {a:.2f} after at {s}" for s, b, a in pairs]
+        return ("A fresh probe reads the attribute from the latent the decoder sees with AUC "
+                + "; ".join(parts) + " (0.5 means no information, 1.0 fully readable).")
+    single = [(s, k, v[k]) for s, v in leakage.items() if isinstance(v, dict)
+              for k in v if "auc" in k.lower() and isinstance(v[k], (int, float))]
+    if single:
+        return "Fresh-probe AUC of the attribute from the latent: " + \
+            "; ".join(f"{k} {val:.2f} at {s}" for s, k, val in single) + " (0.5 means no information)."
+    return None
+
+
+def comparison_sentences(agg: pd.DataFrame) -> list[str]:
+    front = agg[agg["pareto"]]["method"].astype(str).unique().tolist()
+    out = [f"{agg['method'].nunique()} methods were compared; on the Pareto front of overall Dice and Dice gap: "
+           + ", ".join(front) + "."]
+    if "dice_delta" in agg.columns and agg["dice_delta"].notna().any():
+        best = agg.loc[agg["dice_delta"].idxmin()]
+        out.append(f"Smallest gap: {best['method']} ({_pts(best['dice_delta'])} points, overall Dice "
+                   f"{_pts(best['dice'])}).")
+    return out
+
+
+def summarize(run: RunData, agg: pd.DataFrame | None = None) -> list[str]:
+    """All summary sentences for a run folder."""
+    out: list[str] = []
+    if run.before_after:
+        out += compare_sentences(run, *run.before_after)
+    elif run.evaluations:
+        out += single_sentences(run.evaluations[0])
+    if run.frozen and run.frozen.get("selected_epoch") == 0:
+        out.append("No APPLE epoch beat the unchanged model on the validation criterion, so the selected "
+                   "perturber is the zero-initialised one: APPLE did not help on this data.")
+    if run.leakage:
+        s = leakage_sentence(run.leakage)
+        if s:
+            out.append(s)
+    if run.frozen and "unchanged" in run.frozen:
+        out.append("The deployed model's weights are bit-identical before and after (SHA-256 check)."
+                   if run.frozen["unchanged"] else
+                   "WARNING: the deployed model's weights changed (SHA-256 check failed).")
+    n_unknown = max((e.metrics["overall"].get("n_unknown_group", 0) for e in run.evaluations), default=0)
+    if n_unknown:
+        out.append(f"{n_unknown} test images have an unknown attribute value: they count in overall metrics "
+                   "and are excluded from group metrics.")
+    if agg is not None and len(agg):
+        out += comparison_sentences(agg)
+    return out

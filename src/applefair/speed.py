@@ -1,0 +1,156 @@
+"""Speed on one machine: mixed precision, channels-last and DataLoader settings per device.
+
+Each helper asks the device what it supports and falls back to the plain fp32 path when it
+does not, so trainers call them unconditionally and CPU runs stay bit-for-bit what they were:
+
+    amp = speed.Precision.resolve(precision, dev)      # "auto" -> bf16/fp16 on CUDA, fp32 on CPU
+    net = speed.channels_last(net, dev)
+    loader = DataLoader(ds, **speed.loader_settings(dev))
+    with amp.autocast():
+        loss = ...
+    amp.backward_step(loss, opt)                        # GradScaler only for fp16
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from applefair.errors import InputError
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """'auto' is the first CUDA device when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"device '{name}': expected auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device '{name}': CUDA is not available on this machine (use cpu or auto)")
+    return dev
+
+
+def supports_bf16(dev: torch.device) -> bool:
+    if dev.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return dev.type == "cpu"
+
+
+@dataclass
+class Precision:
+    """An autocast dtype (None: fp32) and, for fp16, a gradient scaler."""
+
+    device: torch.device
+    dtype: torch.dtype | None = None
+    scaler: torch.amp.GradScaler | None = field(default=None, repr=False)
+
+    @classmethod
+    def resolve(cls, precision: str, dev: torch.device) -> Precision:
+        """'auto': bf16 on GPUs that have it, else fp16 on GPUs; fp32 on CPU (CPU autocast is
+        only faster with AMX/AVX512-BF16, so it is opt-in with 'bf16')."""
+        if precision not in PRECISIONS:
+            raise InputError(f"precision '{precision}': expected one of {', '.join(PRECISIONS)}")
+        if precision == "auto":
+            precision = ("bf16" if supports_bf16(dev) else "fp16") if dev.type == "cuda" else "fp32"
+        if precision == "fp32":
+            return cls(dev)
+        if precision == "bf16":
+            if not supports_bf16(dev):
+                raise InputError(f"precision 'bf16': not supported on device {dev} (use fp16 or fp32)")
+            return cls(dev, torch.bfloat16)
+        if dev.type != "cuda":
+            raise InputError(f"precision 'fp16': only on CUDA devices, not {dev} (use bf16 or fp32)")
+        return cls(dev, torch.float16, torch.amp.GradScaler("cuda"))
+
+    @property
+    def name(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """Autocast to this dtype (a no-op context for fp32)."""
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+    def backward_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+                      clip_norm: float | None = None, params: Iterator[nn.Parameter] | None = None) -> None:
+        """loss.backward() and optimizer.step(), through the GradScaler when fp16 needs one."""
+        if self.scaler is None:
+            loss.backward()
+            if clip_norm:
+                torch.nn.utils.clip_grad_norm_(list(params or _opt_params(optimizer)), clip_norm)
+            optimizer.step()
+            return
+        self.scaler.scale(loss).backward()
+        if clip_norm:
+            self.scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(list(params or _opt_params(optimizer)), clip_norm)
+        self.scaler.step(optimizer)
+        self.scaler.update()
+
+
+def _opt_params(optimizer: torch.optim.Optimizer) -> list[nn.Parameter]:
+    return [p for g in optimizer.param_groups for p in g["params"]]
+
+
+def channels_last(obj: nn.Module | torch.Tensor, dev: torch.device) -> nn.Module | torch.Tensor:
+    """NHWC memory layout on CUDA (faster convolutions with tensor cores); unchanged elsewhere.
+
+    On CPU the default layout is kept: oneDNN gains little there and some MONAI blocks
+    re-layout tensors anyway. 5-D inputs use channels_last_3d.
+    """
+    if dev.type != "cuda":
+        return obj
+    if isinstance(obj, nn.Module):
+        return obj.to(memory_format=torch.channels_last)
+    if obj.dim() == 4:
+        return obj.contiguous(memory_format=torch.channels_last)
+    if obj.dim() == 5:
+        return obj.contiguous(memory_format=torch.channels_last_3d)
+    return obj
+
+
+def loader_settings(dev: torch.device, num_workers: int | None = None) -> dict:
+    """DataLoader keyword arguments for `dev`.
+
+    CUDA: worker processes decode while the GPU computes, and pinned memory lets copies run
+    asynchronously (`to(dev, non_blocking=True)`). CPU: the cores do the training, datasets cache
+    decoded arrays, so loading in the main process is the fastest (no worker copies).
+    """
+    if num_workers is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        num_workers = min(4, max(0, cores - 1)) if dev.type == "cuda" else 0
+    if num_workers < 0:
+        raise InputError(f"num_workers={num_workers}: expected 0 or more")
+    out = {"num_workers": num_workers, "pin_memory": dev.type == "cuda"}
+    if num_workers > 0:
+        out["persistent_workers"] = True
+    return out
+
+
+def to_device(batch: dict, dev: torch.device) -> dict:
+    """Move the tensors of a batch dict to `dev` (non-blocking from pinned memory)."""
+    return {k: v.to(dev, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def tune_backends(dev: torch.device) -> None:
+    """cuDNN autotuning and TF32 matmuls on CUDA (fixed input sizes make autotuning pay off)."""
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def peak_cuda_memory_mb(dev: torch.device) -> float | None:
+    if dev.type != "cuda":
+        return None
+    return torch.cuda.max_memory_allocated(dev) / 2**20

@@ -1,0 +1,96 @@
+"""`applefair compare`: cells, resume, filters, failures, config errors, and the smoke config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from applefair.baselines.compare import run_compare
+from applefair.baselines.settings import load_compare_settings
+from applefair.cli import app
+from applefair.errors import InputError
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = {
+    "name": "tiny", "seeds": [0], "deploy": {"epochs": 1, "batch_size": 8}, "budget": {"epochs": 1, "batch_size": 8},
+    "bootstrap": 50, "datasets": [{"name": "nod", "synthetic": {"n": 40, "size": 32, "bias": "gain",
+                                                               "minority_share": 0.4}, "groups": "sex"}],
+    "segmentors": [{"name": "unet", "tiny": True, "args": {"channels": [4, 8, 16, 16]}}],
+    "methods": ["erm", "groupdro"],
+}
+
+
+def _config(tmp_path: Path, **changes) -> tuple:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump({**TINY, **changes}))
+    return load_compare_settings(path)
+
+
+def test_run_resume_and_rerun_on_change(tmp_path):
+    settings, root = _config(tmp_path)
+    out = tmp_path / "run"
+    counts = run_compare(settings, root, out, quiet=True)
+    assert counts == {"run": 3, "skipped": 0, "failed": 0, "left": 0}  # deployed + 2 methods
+    cells = pd.read_csv(out / "results.csv")
+    assert set(cells["method"]) == {"deployed", "erm", "groupdro"} and (cells["status"] == "done").all()
+    assert cells.loc[cells["method"] == "deployed", "frozen"].item()
+    table = (out / "results.md").read_text()
+    assert "| erm | 1/1 |" in table and "| groupdro | 1/1 |" in table and "3 of 3 cells finished" in table
+    assert (out / "cells/nod/unet/erm/seed0/per_sample.csv").is_file()
+    assert run_compare(settings, root, out, quiet=True)["skipped"] == 3  # resumed: nothing redone
+    changed, _ = _config(tmp_path, budget={"epochs": 2, "batch_size": 8})
+    assert run_compare(changed, root, out, quiet=True) == {"run": 2, "skipped": 1, "failed": 0, "left": 0}
+
+
+def test_filters_and_failures_are_listed(tmp_path, monkeypatch):
+    from applefair.baselines.groupdro import GroupDRO
+
+    def boom(*_a, **_k):
+        raise RuntimeError("synthetic failure")
+
+    monkeypatch.setattr(GroupDRO, "fit", boom)
+    settings, root = _config(tmp_path, seeds=[0, 1])
+    out = tmp_path / "run"
+    counts = run_compare(settings, root, out, only={"seeds": [0]}, quiet=True)
+    assert counts["failed"] == 1 and counts["run"] == 2
+    table = (out / "results.md").read_text()
+    assert "synthetic failure" in table and "not run" in table and "2 of 6 cells finished" in table
+    assert "| groupdro | 0/2 (1 failed) |" in table
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"methods": ["erm", "dro"]}, "method 'dro' is not known"),
+    ({"segmentors": ["nounet"]}, "segmentor 'nounet' is not known"),
+    ({"budget": {"epoch": 1}}, "unknown key"),
+    ({"methods": [{"name": "febs", "options": {"gama": 2}}]}, "unknown option"),
+    ({"seed": [0]}, "unknown key 'seed'"),
+    ({"methods": ["erm", "erm"]}, "appears twice"),
+])
+def test_config_errors(tmp_path, change, message):
+    with pytest.raises(InputError, match=message):
+        _config(tmp_path, **change)
+
+
+def test_cli_bad_config_is_input_error(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("name: x\nseeds: [0]\n")
+    result = CliRunner().invoke(app, ["compare", "--config", str(path), "--out", str(tmp_path / "o")])
+    assert isinstance(result.exception, InputError)
+
+
+@pytest.mark.slow
+def test_smoke_config_runs_every_method(tmp_path):
+    """configs/smoke.yaml end to end through the command line (about a minute on 2 cores)."""
+    result = CliRunner().invoke(app, ["compare", "--config", str(ROOT / "configs/smoke.yaml"),
+                                      "--out", str(tmp_path / "smoke"), "--quiet"])
+    assert result.exit_code == 0, result.output
+    cells = pd.read_csv(tmp_path / "smoke" / "results.csv")
+    assert (cells["status"] == "done").all()
+    settings, _ = load_compare_settings(ROOT / "configs/smoke.yaml")
+    assert set(cells["method"]) == {"deployed", *[m.name for m in settings.methods]}
+    frozen = cells.set_index("method")["frozen"]
+    assert frozen["apple"] and frozen["faap"] and not frozen["erm"]

@@ -1,0 +1,114 @@
+"""The synthetic benchmark: both kinds, every mechanism pushes the intended group difference."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from scipy import ndimage
+from typer.testing import CliRunner
+
+from applefair.data import BIASES, KINDS, generate, load_dataset
+from applefair.errors import InputError
+
+
+def _load(manifest):
+    m = pd.read_csv(manifest)
+    root = manifest.parent
+    imgs = [np.asarray(Image.open(root / p), np.float64) / 255 for p in m["image"]]
+    masks = [np.asarray(Image.open(root / p)) > 0 for p in m["mask"]]
+    minority = (m["sex"] == "F") if "sex" in m else (m["age"] >= 60)
+    return m, imgs, masks, minority.to_numpy()
+
+
+def _digest(folder):
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*.png")):
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_deterministic_and_strength_zero_is_control(tmp_path, kind):
+    a = generate(tmp_path / "a", n=10, size=32, bias="contrast", seed=4, kind=kind)
+    b = generate(tmp_path / "b", n=10, size=32, bias="contrast", seed=4, kind=kind)
+    assert _digest(a.parent) == _digest(b.parent)
+    none = generate(tmp_path / "none", n=10, size=32, bias="none", seed=4, kind=kind)
+    for bias in BIASES:
+        zero = generate(tmp_path / f"z_{bias}", n=10, size=32, bias=bias, strength=0.0, seed=4, kind=kind)
+        assert _digest(zero.parent) == _digest(none.parent), bias
+    assert _digest(a.parent) != _digest(none.parent)
+
+
+def test_manifest_contract_and_shares(tmp_path):
+    nod = generate(tmp_path / "n", n=40, size=32, seed=1, minority_share=0.3)
+    m = pd.read_csv(nod)
+    assert list(m.columns) == ["id", "image", "mask", "split", "sex"] and (m["sex"] == "F").sum() == 12
+    ves = generate(tmp_path / "v", n=40, size=32, seed=1, kind="vessels", minority_share=0.3)
+    v = pd.read_csv(ves)
+    assert list(v.columns) == ["id", "image", "mask", "split", "age"]
+    assert (v["age"] >= 60).sum() == 12 and v["age"].between(20, 90).all()
+    for frame in (m, v):  # the minority share is the same in every split (stratified)
+        minority = (frame["sex"] == "F") if "sex" in frame else (frame["age"] >= 60)
+        assert (minority.groupby(frame["split"]).sum() >= 2).all()
+    assert len(load_dataset(ves)) == 40
+
+
+def _contrast(img, mask):
+    return img[~mask].mean() - img[mask].mean()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_mechanisms_push_the_intended_difference(tmp_path, kind):
+    def by_group(bias, fn):
+        m, imgs, masks, minority = _load(generate(tmp_path / bias, n=24, size=64, bias=bias, seed=2, kind=kind,
+                                                  minority_share=0.5))
+        vals = np.array([fn(i, k) for i, k in zip(imgs, masks, strict=True)])
+        return vals[~minority].mean(), vals[minority].mean()
+
+    major, minor = by_group("contrast", _contrast)  # difficulty: weaker contrast for the minority
+    assert minor < 0.75 * major
+    major, minor = by_group("gain", lambda i, k: i.std())  # calibration: compressed range
+    assert minor < 0.8 * major
+    major, minor = by_group("anatomy", lambda i, k: k.mean())  # smaller lesions / narrower vessels
+    assert minor < 0.8 * major
+
+    def rim(img, mask):  # brightness just outside the object relative to farther out
+        ring = ndimage.binary_dilation(mask, iterations=1) & ~mask
+        far = ndimage.binary_dilation(mask, iterations=5) & ~ndimage.binary_dilation(mask, iterations=3)
+        return img[ring].mean() - img[far].mean()
+
+    major, minor = by_group("artifact", rim)  # the majority only has the bright border
+    assert major > minor + 0.03
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(InputError, match="kind"):
+        generate(tmp_path, n=10, kind="brains")
+    with pytest.raises(InputError, match="bias"):
+        generate(tmp_path, n=10, bias="noise")
+    with pytest.raises(InputError, match="minority_share"):
+        generate(tmp_path, n=10, minority_share=1.0)
+
+
+def test_cli_synth_and_inspect(tmp_path):
+    from applefair.cli import app
+
+    out = tmp_path / "ves"
+    res = CliRunner().invoke(app, ["synth", "vessels", "--out", str(out), "--n", "12", "--size", "32",
+                                   "--bias", "anatomy", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert (out / "manifest.csv").is_file() and len(list((out / "images").glob("*.png"))) == 12
+    before = _digest(out)
+    res = CliRunner().invoke(app, ["synth", "vessels", "--out", str(out), "--n", "12", "--size", "32", "--quiet"])
+    assert isinstance(res.exception, InputError) and "not empty" in str(res.exception)
+    assert _digest(out) == before  # nothing overwritten
+    res = CliRunner().invoke(app, ["synth", "vessels", "--out", str(tmp_path / "x"), "--bias", "blur"])
+    assert isinstance(res.exception, InputError) and not (tmp_path / "x").exists()
+    res = CliRunner().invoke(app, ["data", "inspect", str(out), "--groups", "age:0,60,inf", "--quiet"])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())  # rich wraps long lines
+    assert "60+" in text and "mask foreground fraction" in text and "32x32: 12" in text

@@ -1,0 +1,60 @@
+"""config.py: YAML settings validated by pydantic, one-line errors naming the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from applefair.config import DemoSettings, load_config, resolve_device, resolve_settings
+from applefair.errors import InputError
+
+
+def test_valid_config_loads(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("quick: true\nseed: 3\nchannels: [8, 16, 32]\ndevice: cpu\n")
+    s = load_config(p, DemoSettings)
+    assert (s.quick, s.seed, s.channels, s.device) == (True, 3, [8, 16, 32], "cpu")
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("seeed: 3\n", "unknown key 'seeed'"),
+    ("seed: three\n", "key 'seed'"),
+    ("channels: [8, x]\n", "key 'channels.1'"),
+    ("device: tpu\n", "key 'device'"),
+    ("minority_share: 1.5\n", "key 'minority_share'"),
+    ("- 1\n- 2\n", "expected a mapping"),
+    ("seed: [1\n", "not valid YAML"),
+])
+def test_bad_config_is_one_line_naming_the_key(tmp_path, text, expected):
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    with pytest.raises(InputError) as err:
+        load_config(p, DemoSettings)
+    msg = str(err.value)
+    assert expected in msg and str(p) in msg and "\n" not in msg
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(InputError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml", DemoSettings)
+
+
+def test_command_line_overrides_file(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("seed: 3\nbias: noise\n")
+    s = resolve_settings(DemoSettings, p, seed=7, bias=None, quick=None)
+    assert (s.seed, s.bias, s.quick) == (7, "noise", False)
+    assert resolve_settings(DemoSettings, None, seed=None).seed == 0
+    with pytest.raises(InputError, match="key 'seed'"):
+        resolve_settings(DemoSettings, None, seed=-1)
+
+
+def test_device_resolution(monkeypatch):
+    import torch
+
+    assert resolve_device("cpu") == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu"
+    with pytest.raises(InputError, match="no CUDA device"):
+        resolve_device("cuda")
+    with pytest.raises(InputError, match="expected auto, cpu or cuda"):
+        resolve_device("gpu")

@@ -1,0 +1,89 @@
+"""The benchmark's measuring pieces report real, consistent numbers on tiny sizes."""
+
+from __future__ import annotations
+
+import time
+
+import pandas as pd
+import pytest
+import torch
+
+from applefair.commands.bench import markdown, tables
+from applefair.perf import BenchConfig
+from applefair.perf.measure import Measure, attempt
+from applefair.perf.workloads import (
+    apple_epoch_cost,
+    inference_overhead,
+    load_splits,
+    mitigation_cost,
+    repeated_manifest,
+)
+
+
+def test_measure_sees_time_and_memory():
+    with Measure() as m:
+        block = torch.ones(16, 2**20)  # 64 MiB of float32
+        block += 1
+        time.sleep(0.05)
+    assert m.seconds >= 0.05
+    assert m.peak_mb >= m.start_mb
+    assert m.delta_mb > 40, m.as_dict()
+    del block
+
+
+def test_attempt_turns_failures_into_reasons():
+    assert attempt(lambda: {"x": 1}) == {"x": 1}
+    out = attempt(lambda: 1 / 0)
+    assert out["error"].startswith("ZeroDivisionError")
+
+
+def test_repeated_manifest_has_unique_ids_and_shared_files(tiny_manifest):
+    path = repeated_manifest(tiny_manifest, 150, "rep.csv")
+    frame = pd.read_csv(path)
+    assert len(frame) == 150 and frame["id"].is_unique
+    assert frame["image"].nunique() <= 60 and set(frame["split"]) == {"train"}
+
+
+def test_inference_overhead_tiny_unet():
+    out = inference_overhead("unet", size=32, repeats=1, tiny=True, widths=(8,))
+    assert out["deployed_params"] > 0 and out["perturber_params"] > 0
+    assert out["params_ratio"] == pytest.approx(out["perturber_params"] / out["deployed_params"], rel=1e-3)
+    assert out["params_ratio_by_width"]["8"] < out["params_ratio_by_width"]["32"]
+    assert out["flops_ratio"] > out["conv_w8"]["flops_ratio"] > 1.0  # counted, so exact in order
+    for b in (1, 16):
+        lat = out[f"latency_ms_b{b}"]
+        assert lat["deployed"] > 0 and lat["mitigated"] > 0
+        assert out[f"latency_ratio_b{b}"] == pytest.approx(lat["mitigated"] / lat["deployed"], rel=0.01)
+
+
+@pytest.mark.slow
+def test_mitigation_cost_and_epoch_clock_on_tiny_data(tmp_path, tiny_manifest):
+    cfg = BenchConfig(n=40, size=32, deploy_epochs=1, epochs=1, batch_size=8, methods=("resampling",))
+    out = mitigation_cost(cfg, tmp_path, "unet", tiny=True)
+    assert out["cheapest_baseline"] == "resampling"
+    runs = out["runs"]
+    for name in ("resampling", "apple_cached", "apple_uncached"):
+        assert runs[name]["seconds"] > 0, runs[name]
+    assert out["ratio"] == pytest.approx(runs["apple_cached"]["seconds"] / runs["resampling"]["seconds"], rel=1e-3)
+    assert runs["apple_cached"]["trainable_params"] != runs["resampling"]["trainable_params"]
+
+    split, groups = load_splits(tiny_manifest, cache=False)
+    row = apple_epoch_cost(split["train"], split["val"], groups, "disk", tmp_path, 0, tiny=True)
+    assert row["s_per_epoch"] is not None and 0 < row["s_per_epoch"] < row["total_s"], row
+
+
+def test_tables_and_markdown_show_missing_values_as_such():
+    result = {"machine": {"cores": 2}, "seconds": 1.0,
+              "mitigation": {"unet": {"error": "RuntimeError: boom"}},
+              "inference": {"sam": {"error": "no 'sam' model"}},
+              "scaling": {"dataset_size": [{"n": 10, "image_size": 64, "cache": "disk", "s_per_epoch": None}]},
+              "evaluation": {"n": 5, "s_per_1000_dice_iou": 1.5},
+              "mitigation_cost_ratio": None, "inference_latency_ratio": 1.2, "params_ratio": 0.01,
+              "targets": {"mitigation_cost_ratio": 0.25, "inference_latency_ratio": 1.1, "params_ratio": 0.05},
+              "met": {"mitigation_cost_ratio": None, "inference_latency_ratio": False, "params_ratio": True}}
+    titles = [t for t, _, _ in tables(result)]
+    assert any("Mitigation cost: unet" in t for t in titles)
+    text = markdown(result, "applefair bench --quick")
+    assert "RuntimeError: boom" in text and "no 'sam' model" in text
+    assert "| mitigation_cost_ratio | n/a | <= 0.25 | n/a |" in text
+    assert "| inference_latency_ratio | 1.200 | <= 1.1 | NO |" in text

@@ -57,9 +57,12 @@ def test_demo_metrics_schema(demo_run, stage):
 def test_demo_report_states_frozen_check_and_gap(demo_run):
     out, _ = demo_run
     report = (out / "report.md").read_text()
-    assert "unchanged: **yes**" in report
+    check = json.loads((out / "frozen_check.json").read_text())
+    assert "| unchanged | yes |" in report and f"| hash_before | {check['hash_before']} |" in report
     before = json.loads((out / "before" / "metrics.json").read_text())
     assert f"{100 * before['fairness']['dice_delta']:.1f}" in report
+    assert (out / "report.html").is_file() and (out / "paired.json").is_file()
+    assert "ci" in before  # bootstrap confidence intervals for every aggregate
 
 
 def test_deployed_weights_hash_matches_saved_model(demo_run):

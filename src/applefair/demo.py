@@ -13,7 +13,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
+import pandas as pd
 import torch
 
 import applefair
@@ -23,14 +23,18 @@ from applefair.data.groups import GroupSpec
 from applefair.data.manifest import SegmentationDataset, read_manifest
 from applefair.data.synthetic import generate
 from applefair.io import staged_dir, state_dict_hash, write_csv, write_json, write_yaml
+from applefair.metrics.compare import paired_comparison
 from applefair.metrics.evaluate import predict_scores
 from applefair.metrics.fairness import fairness_summary
-from applefair.metrics.leakage import pool_latent, probe_auc
+from applefair.metrics.leakage import pool_latent, site_leakage
+from applefair.metrics.run import json_safe
 from applefair.models.registry import create_segmentor, save_model_dir
 from applefair.models.train import TrainConfig, train_segmentor
 from applefair.report import write_reports
+from applefair.runinfo import run_info
 
 log = logging.getLogger("applefair")
+BOOTSTRAP = 1000  # resamples for every confidence interval of the demo
 
 
 @dataclass
@@ -53,20 +57,17 @@ class DemoConfig:
 
 @torch.no_grad()
 def latent_leakage(patched, dataset: SegmentationDataset, seed: int) -> dict:
-    """Fresh-probe AUC on f_o (before) and f_p (after) at every perturbed site."""
+    """Fresh-probe AUC (with CI) on f_o (before) and f_p (after) at every perturbed site."""
     patched.eval()
-    feats: dict[str, list] = {s: ([], []) for s in patched.sites}
+    feats: dict[str, tuple[list, list]] = {s: ([], []) for s in patched.sites}
     for i in range(0, len(dataset), 64):
         x = torch.stack([dataset[j]["image"] for j in range(i, min(i + 64, len(dataset)))])
         patched(x)
         for s, (fo, fp) in patched.latents.items():
             feats[s][0].append(pool_latent(fo))
             feats[s][1].append(pool_latent(fp))
-    out = {}
-    for s, (fo, fp) in feats.items():
-        out[s] = {"auc_before": probe_auc(torch.cat(fo).numpy(), dataset.group_ids, seed=seed),
-                  "auc_after": probe_auc(torch.cat(fp).numpy(), dataset.group_ids, seed=seed)}
-    return out
+    return {s: site_leakage(torch.cat(fo).numpy(), torch.cat(fp).numpy(), dataset.group_ids, seed=seed)
+            for s, (fo, fp) in feats.items()}
 
 
 def run_demo(out: str | os.PathLike, cfg: DemoConfig, quiet: bool = False, overwrite: bool = True) -> dict:
@@ -92,7 +93,7 @@ def run_demo(out: str | os.PathLike, cfg: DemoConfig, quiet: bool = False, overw
 
 def _run(stage: Path, cfg: DemoConfig, quiet: bool) -> dict:
     config = {"command": "demo", "argv": sys.argv, "applefair": applefair.__version__,
-              "torch": torch.__version__, **asdict(cfg)}
+              "torch": torch.__version__, **asdict(cfg), "run": run_info()}
     write_yaml(stage / "config.yaml", config)
     log.info("config %s", config)
     manifest = generate(stage / "data", n=cfg.n, size=cfg.size, bias=cfg.bias,
@@ -101,34 +102,37 @@ def _run(stage: Path, cfg: DemoConfig, quiet: bool) -> dict:
     groups = GroupSpec("sex").fit(frame)
     split = {s: SegmentationDataset(frame, groups, s) for s in ("train", "val", "test")}
 
-    net, spec = create_segmentor("unet", channels=list(cfg.channels))
+    net, spec = create_segmentor("unet", seed=cfg.seed, channels=list(cfg.channels))
     train_segmentor(net, split["train"], split["val"], groups,
                     TrainConfig(epochs=cfg.erm_epochs, lr=cfg.erm_lr, seed=cfg.seed), quiet=quiet)
     save_model_dir(stage / "deployed", net, spec)
 
     before_scores = predict_scores(net, split["test"], groups)
-    before = fairness_summary(before_scores, groups.attribute, groups.groups)
+    before = fairness_summary(before_scores, groups.attribute, groups.groups, bootstrap=BOOTSTRAP, seed=cfg.seed)
     _write_eval(stage / "before", before, before_scores)
 
     deployed_hash = state_dict_hash(net)
     apple_cfg = AppleConfig(epochs=cfg.apple_epochs, seed=cfg.seed)
     patched, history, check = train_apple(net, spec.site, split["train"], split["val"], groups, apple_cfg, quiet)
     after_scores = predict_scores(patched, split["test"], groups)
-    after = fairness_summary(after_scores, groups.attribute, groups.groups)
+    after = fairness_summary(after_scores, groups.attribute, groups.groups, bootstrap=BOOTSTRAP, seed=cfg.seed)
     _write_eval(stage / "after", after, after_scores)
-    save_patch(stage / "patch.safetensors", patched, {"model": spec.name, "groups": groups.to_dict(),
-                                                       "apple": asdict(apple_cfg)})
+    paired = paired_comparison(before_scores, after_scores, groups.groups, resamples=BOOTSTRAP, seed=cfg.seed)
+    write_json(stage / "paired.json", json_safe(paired))
+    save_patch(stage / "patch.safetensors", patched, {"model": spec.name, "model_args": spec.args,
+                                                       "groups": groups.to_dict(), "apple": apple_cfg.to_dict(),
+                                                       "selected_epoch": check["selected_epoch"],
+                                                       "deployed_weights_sha256": deployed_hash})
     check["hash_final"] = state_dict_hash(net)
     check["unchanged"] = check["unchanged"] and check["hash_final"] == deployed_hash
     leakage = latent_leakage(patched, split["test"], cfg.seed)
-    write_json(stage / "leakage.json", leakage)
+    write_json(stage / "leakage.json", json_safe(leakage))
     write_json(stage / "frozen_check.json", check)
-    write_csv(stage / "history.csv", __import__("pandas").DataFrame(history))
+    write_csv(stage / "history.csv", pd.DataFrame(history))
     write_reports(stage)  # report.html, report.md, tables/, plots/
-    return {"before": before, "after": after, "check": check, "leakage": leakage,
-            "seconds": float(np.round(0, 1))}
+    return {"before": before, "after": after, "paired": paired, "check": check, "leakage": leakage}
 
 
 def _write_eval(folder: Path, summary: dict, scores) -> None:
-    write_json(folder / "metrics.json", summary)
+    write_json(folder / "metrics.json", json_safe(summary))
     write_csv(folder / "per_sample.csv", scores)

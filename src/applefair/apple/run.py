@@ -28,6 +28,7 @@ from applefair.data.manifest import SegmentationDataset, read_manifest
 from applefair.errors import InputError
 from applefair.io import state_dict_hash, write_csv, write_json, write_yaml
 from applefair.models.sites import find_module
+from applefair.runinfo import run_info
 
 log = logging.getLogger("applefair")
 
@@ -115,7 +116,8 @@ def _run(frame, net, spec, model: Path, out: Path, groups: GroupSpec, cfg: Apple
     model_hash, weights_hash = folder_hash(model), state_dict_hash(net)
     config = {"command": "mitigate", "argv": sys.argv, "applefair": applefair.__version__, "torch": torch.__version__,
               "method": method, "model": str(model), "model_name": spec.name, "site": cfg.sites or [spec.site],
-              "groups": groups.to_dict(), "apple": cfg.to_dict(), "method_options": method_options}
+              "groups": groups.to_dict(), "apple": cfg.to_dict(), "method_options": method_options,
+              "run": run_info()}
     write_yaml(out / "config.yaml", config)
     log.info("mitigate %s", config)
     if method != "apple":

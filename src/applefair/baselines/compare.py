@@ -43,6 +43,7 @@ from applefair.metrics.leakage import pool_latent, probe_auc
 from applefair.models.registry import create_segmentor, load_model_dir, save_model_dir
 from applefair.models.sites import find_module
 from applefair.models.train import TrainConfig, train_segmentor
+from applefair.runinfo import run_info
 
 log = logging.getLogger("applefair")
 DEPLOYED = "deployed"
@@ -109,7 +110,7 @@ def deployed_model(settings: CompareSettings, seg: SegmentorSpec, split: Mapping
     (or again, if it was trained under other settings)."""
     info = read_json_or_none(folder / "train.json")
     if not (folder / "model.yaml").is_file() or info is None or info.get("key") != key:
-        net, spec = create_segmentor(seg.name, tiny=seg.tiny, **seg.args)
+        net, spec = create_segmentor(seg.name, tiny=seg.tiny, seed=seed, **seg.args)
         d = settings.deploy
         cfg = TrainConfig(epochs=d.epochs, batch_size=d.batch_size, lr=d.lr, weight_decay=d.weight_decay,
                           seed=seed, augment=d.augment)
@@ -210,7 +211,7 @@ def run_compare(settings: CompareSettings, root: Path, out: str | os.PathLike, o
     torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_yaml(out / "config.yaml", settings.model_dump())
+    write_yaml(out / "config.yaml", {**settings.model_dump(), "run": run_info()})
     started = time.time()
     counts = {"run": 0, "skipped": 0, "failed": 0, "left": 0}
     cache: dict = {}

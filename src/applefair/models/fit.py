@@ -20,6 +20,7 @@ from applefair.errors import InputError
 from applefair.io import staged_dir, write_csv, write_yaml
 from applefair.models.checkpoints import load_checkpoint
 from applefair.models.registry import create_segmentor, save_model_dir
+from applefair.runinfo import run_info
 
 if TYPE_CHECKING:
     from applefair.models.train import TrainConfig
@@ -71,7 +72,7 @@ def run_train(data: str | os.PathLike, model: str, out: str | os.PathLike, cfg: 
     from applefair.models.train import train_segmentor
 
     started = time.time()
-    net, spec = create_segmentor(model, tiny=tiny, **(model_args or {}))
+    net, spec = create_segmentor(model, tiny=tiny, seed=cfg.seed, **(model_args or {}))
     if checkpoint is not None:
         load_checkpoint(net, spec.name, checkpoint)
     with staged_dir(out, overwrite=overwrite) as stage:
@@ -80,7 +81,7 @@ def run_train(data: str | os.PathLike, model: str, out: str | os.PathLike, cfg: 
                       "torch": torch.__version__, "data": str(data) if data else None, "format": data_format,
                       "options": data_options or {}, "size": size, "attribute": attribute, "model": model,
                       "tiny": tiny, "model_args": spec.args, "checkpoint": str(checkpoint) if checkpoint else None,
-                      "train": asdict(cfg)}
+                      "train": asdict(cfg), "run": run_info()}
             write_yaml(stage / "config.yaml", config)
             log.info("config %s", config)
             history: list[dict] = []

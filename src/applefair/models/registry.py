@@ -76,13 +76,21 @@ def model_info(name: str) -> dict:
     return {"name": name, "summary": _SUMMARY.get(name, ""), "tiny": dict(_TINY[name])}
 
 
-def create_segmentor(name: str, tiny: bool = False, **kwargs) -> tuple[nn.Module, ModelSpec]:
-    """Build segmentor `name`; returns (network, spec). `tiny` selects a CPU-test size."""
+def create_segmentor(name: str, tiny: bool = False, seed: int | None = None, **kwargs
+                     ) -> tuple[nn.Module, ModelSpec]:
+    """Build segmentor `name`; returns (network, spec). `tiny` selects a CPU-test size.
+
+    With `seed`, the initial weights depend on the seed only (not on the global random state,
+    which is left as it was), so the same seed trains the same model.
+    """
     if name not in _BUILDERS:
         raise InputError(f"model '{name}' is not known (expected one of: {', '.join(list_models())})")
     args = {**(_TINY[name] if tiny else {}), **kwargs}
     try:
-        built = _BUILDERS[name](**args)
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            built = _BUILDERS[name](**args)
     except TypeError as exc:
         raise InputError(f"model '{name}': bad arguments {args} ({exc})") from None
     net, site, skips = (*built, []) if len(built) == 2 else built

@@ -94,7 +94,7 @@ def load_config(path: str | os.PathLike, model: type[M]) -> M:
     return validate_settings(data, model, str(path))
 
 
-def resolve_settings(model: type[M], config: str | os.PathLike | None = None, **overrides: Any) -> M:
+def resolve_settings(model: type[M], config: str | os.PathLike | None = None, /, **overrides: Any) -> M:
     """Defaults < config file < command-line options (those not None).
 
     Typer options that may also come from the file default to None, so that "not given"

@@ -39,7 +39,7 @@ def test_mitigate_writes_a_complete_run_and_never_touches_the_model(cli_app, tin
     assert res.exit_code == 0, res.output
     for name in ("patch.safetensors", "metrics.json", "per_sample.csv", "val/metrics.json", "deployed/metrics.json",
                  "leakage.json", "history.csv", "curves.png", "checkpoint.safetensors", "frozen_check.json",
-                 "config.yaml", "run.log"):
+                 "config.yaml", "run.log", "report.html", "report.md"):
         assert (out / name).is_file(), name
     assert folder_hash(apple_model_dir) == before
     check = json.loads((out / "frozen_check.json").read_text())

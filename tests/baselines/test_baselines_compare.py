@@ -38,6 +38,7 @@ def test_run_resume_and_rerun_on_change(tmp_path):
     cells = pd.read_csv(out / "results.csv")
     assert set(cells["method"]) == {"deployed", "erm", "groupdro"} and (cells["status"] == "done").all()
     assert cells.loc[cells["method"] == "deployed", "frozen"].item()
+    assert (out / "report.html").is_file() and "erm" in (out / "report.md").read_text()
     table = (out / "results.md").read_text()
     assert "| erm | 1/1 |" in table and "| groupdro | 1/1 |" in table and "3 of 3 cells finished" in table
     assert (out / "cells/nod/unet/erm/seed0/per_sample.csv").is_file()

@@ -55,7 +55,7 @@ def patched_run(tiny_manifest, model_and_patch, tmp_path_factory):
 
 def test_patched_run_writes_every_file(patched_run, tiny_frame):
     for name in ("config.yaml", "metrics.json", "per_sample.csv", "leakage.json", "paired.json",
-                 "frozen_check.json", "deployed/metrics.json", "deployed/per_sample.csv"):
+                 "frozen_check.json", "deployed/metrics.json", "deployed/per_sample.csv", "report.html", "report.md"):
         assert (patched_run / name).is_file(), name
     per_sample = pd.read_csv(patched_run / "per_sample.csv", dtype={"id": str})
     assert len(per_sample) == int((tiny_frame["split"] == "test").sum())

@@ -271,3 +271,18 @@ def test_demo_refuses_a_folder_that_is_not_a_run(tmp_path, monkeypatch, capsys):
     (out / "thesis.tex").write_text("precious")
     _expect_bad(["demo", "--quick", "--quiet", "--out", out], "mine", monkeypatch, capsys)
     assert (out / "thesis.tex").read_text() == "precious"
+
+
+def test_evaluate_config_unknown_key_and_a_working_config(base, data, tmp_path, monkeypatch, capsys):
+    cfg = tmp_path / "eval.yaml"
+    cfg.write_text(f"data: {data}\nmodel: {base[0] / 'model'}\nattribute: [sex]\nbootstrapp: 10\n")
+    out = tmp_path / "o"
+    _expect_bad(["evaluate", "--config", cfg, "--out", out, "--quiet"], "bootstrapp", monkeypatch, capsys, out)
+    cfg.write_text(f"data: {data}\nmodel: {base[0] / 'model'}\nattribute: [sex]\nbootstrap: 20\nleakage: false\n"
+                   "metrics: dice,iou\n")
+    code, _, err = run_cli(["evaluate", "--config", cfg, "--out", out, "--quiet"], monkeypatch, capsys)
+    assert code == 0, err
+    import json
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["attribute"] == "sex" and "ci" in metrics and not (out / "leakage.json").exists()

@@ -23,11 +23,13 @@ from applefair import distributed
 from applefair.apple.config import AppleConfig
 from applefair.apple.patch import save_patch
 from applefair.apple.trainer import CHECKPOINT, evaluate_patched, train_apple
+from applefair.data import load_dataset
 from applefair.data.groups import GroupSpec
-from applefair.data.manifest import SegmentationDataset, read_manifest
+from applefair.data.manifest import SegmentationDataset
 from applefair.errors import InputError
 from applefair.io import state_dict_hash, write_csv, write_json, write_yaml
 from applefair.models.sites import find_module
+from applefair.report import write_reports
 from applefair.runinfo import run_info
 
 log = logging.getLogger("applefair")
@@ -84,7 +86,7 @@ def run_mitigation(data: str | os.PathLike, model: str | os.PathLike, out: str |
 
     out, model = Path(out), Path(model)
     out = distributed.run_folder(out, resume)  # under torchrun, ranks > 0 write a private scratch copy
-    frame = read_manifest(data)
+    frame = load_dataset(data)
     groups.fit(frame)
     net, spec = load_model_dir(model)
     for site in cfg.sites:  # an unknown site is bad input: say so before anything is written
@@ -141,6 +143,8 @@ def _run(frame, net, spec, model: Path, out: Path, groups: GroupSpec, cfg: Apple
                           and check["model_folder_sha256_before"] == check["model_folder_sha256_after"])
     write_json(out / "frozen_check.json", check)
     result["check"] = check
+    if distributed.is_main():
+        write_reports(out)  # report.html, report.md, tables/, plots/
     return result
 
 

@@ -43,6 +43,7 @@ from applefair.metrics.leakage import pool_latent, probe_auc
 from applefair.models.registry import create_segmentor, load_model_dir, save_model_dir
 from applefair.models.sites import find_module
 from applefair.models.train import TrainConfig, train_segmentor
+from applefair.report import write_reports
 from applefair.runinfo import run_info
 
 log = logging.getLogger("applefair")
@@ -262,4 +263,5 @@ def run_compare(settings: CompareSettings, root: Path, out: str | os.PathLike, o
             write_tables(settings, out)
             last_table = time.time()
     write_tables(settings, out)
+    write_reports(out)  # report.html / report.md with the trade-off plot across methods
     return counts

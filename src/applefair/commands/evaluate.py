@@ -4,40 +4,70 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Literal
 
 import typer
+from pydantic import Field
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from applefair.config import Device, Settings
+
 out_console = Console()
 
 
+class EvaluateSettings(Settings):
+    """Settings of `applefair evaluate` (YAML keys for --config; command-line options override them)."""
+
+    data: str | None = None
+    model: str | None = None
+    patch: str | None = None
+    attribute: list[str] = Field(default_factory=list)
+    groups: str | None = None
+    split: Literal["train", "val", "test"] = "test"
+    format: str | None = None
+    options: dict[str, str] = Field(default_factory=dict)
+    size: int | None = Field(None, gt=0)
+    metrics: str = "dice,iou,hd95,nsd"
+    nsd_tolerance: float = Field(2.0, ge=0)
+    bootstrap: int = Field(1000, ge=0)
+    level: float = Field(0.95, gt=0, lt=1)
+    leakage: bool = True
+    folds: int = Field(5, ge=2)
+    seed: int = Field(0, ge=0)
+    batch_size: int = Field(32, ge=1)
+    device: Device = "auto"
+
+
 def evaluate(
-    data: Path = typer.Option(..., "--data", help="Dataset: a manifest CSV or a dataset folder (see --format)."),
-    model: Path = typer.Option(..., "--model", help="Deployed model folder (model.yaml + model.safetensors)."),
+    out: Path = typer.Option(..., "--out", help="Run folder to write."),
+    data: Path = typer.Option(None, "--data", help="Dataset: a manifest CSV or a dataset folder (see --format)."),
+    model: Path = typer.Option(None, "--model", help="Deployed model folder (model.yaml + model.safetensors)."),
     patch: Path | None = typer.Option(None, "--patch", help="Fairness patch (patch.safetensors) to attach."),
-    attribute: list[str] = typer.Option([], "--attribute", "-a",
+    attribute: list[str] = typer.Option(None, "--attribute", "-a",
                                         help="Sensitive attribute (a group spec such as 'sex' or 'age:0,60,inf'); "
                                              "give it twice to evaluate the intersection."),
     groups: str | None = typer.Option(None, "--groups",
                                       help="Full group spec ('sex=F,M', 'sex*age:0,60,inf') or a YAML file; "
                                            "replaces --attribute."),
-    out: Path = typer.Option(..., "--out", help="Run folder to write."),
-    split: str = typer.Option("test", "--split", help="Split to evaluate (train, val or test)."),
+    split: str = typer.Option(None, "--split", help="Split to evaluate: train, val or test (default: test)."),
     data_format: str = typer.Option(None, "--format", help="Dataset format (csv, fairseg, tusc, fives, nifti); "
                                                            "detected when omitted."),
     option: list[str] = typer.Option([], "--option", help="Reader option KEY=VALUE (repeatable)."),
     size: int = typer.Option(None, "--size", help="Resize every sample to SIZE x SIZE (as in training)."),
-    metrics: str = typer.Option("dice,iou,hd95,nsd", "--metrics", help="Per-sample metrics, comma-separated."),
-    nsd_tolerance: float = typer.Option(2.0, "--nsd-tolerance", help="Surface-Dice tolerance in pixels."),
-    bootstrap: int = typer.Option(1000, "--bootstrap", help="Bootstrap resamples for CIs (0: no CIs)."),
-    level: float = typer.Option(0.95, "--level", help="Confidence level of the intervals."),
-    leakage: bool = typer.Option(True, "--leakage/--no-leakage", help="Fit fresh probes on the latents."),
-    folds: int = typer.Option(5, "--folds", help="Cross-validation folds of the leakage probes."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the bootstrap and the probes."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Images per forward pass."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    metrics: str = typer.Option(None, "--metrics", help="Per-sample metrics, comma-separated "
+                                                        "(default: dice,iou,hd95,nsd)."),
+    nsd_tolerance: float = typer.Option(None, "--nsd-tolerance", help="Surface-Dice tolerance in pixels (default 2)."),
+    bootstrap: int = typer.Option(None, "--bootstrap", help="Bootstrap resamples for CIs; 0: no CIs (default 1000)."),
+    level: float = typer.Option(None, "--level", help="Confidence level of the intervals (default 0.95)."),
+    leakage: bool = typer.Option(None, "--leakage/--no-leakage", help="Fit fresh probes on the latents (default on)."),
+    folds: int = typer.Option(None, "--folds", help="Cross-validation folds of the leakage probes (default 5)."),
+    seed: int = typer.Option(None, "--seed", help="Seed of the bootstrap and the probes (default 0)."),
+    batch_size: int = typer.Option(None, "--batch-size", help="Images per forward pass (default 32)."),
+    device: str = typer.Option(None, "--device", help="auto, cpu or cuda (default auto)."),
+    config: Path = typer.Option(None, "--config", help="YAML settings (keys as the long options, with _ for -); "
+                                                       "options given here override the file."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
@@ -49,20 +79,33 @@ def evaluate(
 
     Example: applefair evaluate --data data/ --model deployed/ --patch patch.safetensors --attribute sex --out eval/
     """
+    from applefair.config import resolve_settings
     from applefair.data.formats import parse_options
+    from applefair.errors import InputError
     from applefair.metrics.run import EvalOptions, run_evaluation
 
-    opts = EvalOptions(split=split, format=data_format or None, options=parse_options(option), size=size,
-                       metrics=tuple(m.strip() for m in metrics.split(",") if m.strip()),
-                       nsd_tolerance=nsd_tolerance, bootstrap=bootstrap, level=level, leakage=leakage,
-                       folds=folds, seed=seed, batch_size=batch_size, device=device)
-    result = run_evaluation(data, model, out, patch=patch, attributes=attribute, groups=groups, opts=opts,
-                            overwrite=overwrite, quiet=quiet)
+    st = resolve_settings(EvaluateSettings, config, data=_str(data), model=_str(model), patch=_str(patch),
+                          attribute=attribute or None, groups=groups, split=split, format=data_format or None,
+                          size=size, metrics=metrics, nsd_tolerance=nsd_tolerance, bootstrap=bootstrap, level=level,
+                          leakage=leakage, folds=folds, seed=seed, batch_size=batch_size, device=device)
+    for key in ("data", "model"):
+        if getattr(st, key) is None:
+            raise InputError(f"--{key} is required (on the command line or as '{key}' in --config)")
+    opts = EvalOptions(split=st.split, format=st.format, options={**st.options, **parse_options(option)},
+                       size=st.size, metrics=tuple(m.strip() for m in st.metrics.split(",") if m.strip()),
+                       nsd_tolerance=st.nsd_tolerance, bootstrap=st.bootstrap, level=st.level, leakage=st.leakage,
+                       folds=st.folds, seed=st.seed, batch_size=st.batch_size, device=st.device)
+    result = run_evaluation(Path(st.data), Path(st.model), out, patch=Path(st.patch) if st.patch else None,
+                            attributes=st.attribute, groups=st.groups, opts=opts, overwrite=overwrite, quiet=quiet)
     for note in result["metrics"].get("warnings", []):
         out_console.print(f"[yellow]warning:[/yellow] {escape(note)}", highlight=False)
     _print_summary(result)
-    out_console.print(f"Wrote {out}/metrics.json, per_sample.csv" + (", leakage.json" if leakage else "")
-                      + (", paired.json" if patch else ""))
+    out_console.print(f"Wrote {out}/metrics.json, per_sample.csv" + (", leakage.json" if st.leakage else "")
+                      + (", paired.json" if st.patch else ""))
+
+
+def _str(path: Path | None) -> str | None:
+    return None if path is None else str(path)
 
 
 def _fmt(v, ci=None, digits: int = 4) -> str:

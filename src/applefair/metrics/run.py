@@ -131,6 +131,7 @@ def run_evaluation(data: str | os.PathLike, model_dir: str | os.PathLike, out: s
     """Evaluate, write the run folder, and return {'metrics', 'leakage', 'paired'?, 'frozen_check'?}."""
     from applefair.apple.patch import attach
     from applefair.models.registry import load_model_dir
+    from applefair.report import write_reports
     from applefair.runinfo import run_info
 
     opts = opts or EvalOptions()
@@ -204,6 +205,7 @@ def run_evaluation(data: str | os.PathLike, model_dir: str | os.PathLike, out: s
             write_csv(stage / "deployed" / "per_sample.csv", before_df)
             write_json(stage / "paired.json", json_safe(result["paired"]))
             write_json(stage / "frozen_check.json", result["frozen_check"])
+        write_reports(stage)  # report.html, report.md, tables/, plots/
     if patched is not None:
         patched.remove()
     return result

@@ -78,7 +78,7 @@ def tables(result: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     targets = result.get("targets", {})
     rows = [[k, _fmt(result.get(k.replace("_aim", ""))), f"<= {targets.get(k)}",
              {True: "yes", False: "NO", None: "n/a"}[v]] for k, v in met.items()]
-    out.append(("Targets (issue #9, section 4)", ["target", "measured", "goal", "met"], rows))
+    out.append(("Targets", ["target", "measured", "goal", "met"], rows))
     return out
 
 

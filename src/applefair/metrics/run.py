@@ -18,11 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 import yaml
 
+from applefair.config import resolve_device
+from applefair.data import load_dataset
 from applefair.data.groups import GroupSpec
-from applefair.data.manifest import SegmentationDataset, read_manifest
+from applefair.data.manifest import SegmentationDataset
 from applefair.errors import InputError
 from applefair.io import staged_dir, state_dict_hash, write_csv, write_json, write_yaml
 from applefair.metrics.compare import aggregate_comparisons, aggregate_seeds, format_mean_std, paired_comparison
@@ -65,14 +66,8 @@ def json_safe(obj):
 
 
 def load_frame(data: str | os.PathLike, format: str | None = None, options: dict | None = None) -> pd.DataFrame:
-    """The dataset as a manifest frame: `applefair.data.load_dataset` (any layout) when the data layer
-    has it, else a plain manifest."""
-    import applefair.data as data_pkg
-
-    loader = getattr(data_pkg, "load_dataset", None)
-    if loader is not None:
-        return loader(data, format=format, **(options or {}))
-    return read_manifest(data)
+    """The dataset as a manifest frame, from a manifest or any supported dataset layout."""
+    return load_dataset(data, format=format, **(options or {}))
 
 
 def build_group_spec(attributes: Sequence[str], groups: str | None, patch_groups: dict | None = None) -> GroupSpec:
@@ -104,24 +99,11 @@ def build_group_spec(attributes: Sequence[str], groups: str | None, patch_groups
 
 
 def _parse(text: str) -> GroupSpec:
-    if hasattr(GroupSpec, "parse"):
-        return GroupSpec.parse(text)
-    if "*" in text:  # fallback for a GroupSpec without intersections: handled by the caller's frame
-        raise InputError(f"group spec '{text}': intersections need a newer GroupSpec")
-    name, _, cats = text.partition("=")
-    return GroupSpec(name.strip(), [c.strip() for c in cats.split(",") if c.strip()])
+    return GroupSpec.parse(text)
 
 
 def _attributes(spec: GroupSpec) -> list[str]:
-    return list(getattr(spec, "attributes", [spec.attribute]))
-
-
-def _resolve_device(device: str) -> str:
-    try:
-        from applefair.config import resolve_device
-    except ImportError:  # an older tree without the shared helper
-        return "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
-    return resolve_device(device)
+    return list(spec.attributes)
 
 
 def run_evaluation(data: str | os.PathLike, model_dir: str | os.PathLike, out: str | os.PathLike, *,
@@ -140,7 +122,7 @@ def run_evaluation(data: str | os.PathLike, model_dir: str | os.PathLike, out: s
         raise InputError(f"--metrics: unknown metric(s) {bad} (expected some of {', '.join(METRICS)})")
     if opts.bootstrap < 0 or not 0 < opts.level < 1:
         raise InputError(f"--bootstrap {opts.bootstrap} / --level {opts.level}: expected >= 0 and in (0, 1)")
-    device = _resolve_device(opts.device)
+    device = resolve_device(opts.device)
     frame = load_frame(data, opts.format, opts.options)
     net, mspec = load_model_dir(model_dir)
     net.to(device).eval()

@@ -1,4 +1,4 @@
-"""What `applefair bench` measures, and the targets it checks (issue #9, section 4)."""
+"""What `applefair bench` measures, and the targets it checks."""
 
 from __future__ import annotations
 

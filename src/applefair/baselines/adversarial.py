@@ -16,7 +16,7 @@ from monai.losses import DiceCELoss
 from torch import nn
 
 from applefair.apple.discriminator import Discriminator
-from applefair.apple.losses import known_ce
+from applefair.apple.losses import grad_reverse, known_ce
 from applefair.baselines.base import (
     Budget,
     FitResult,
@@ -31,22 +31,6 @@ from applefair.data.groups import GroupSpec
 from applefair.data.manifest import SegmentationDataset
 from applefair.models.registry import ModelSpec, segment
 from applefair.models.sites import find_module
-
-
-class _ReverseGrad(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
-        ctx.scale = scale
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return -ctx.scale * grad, None
-
-
-def grad_reverse(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
-    """Identity forward; gradient multiplied by -scale backward (Ganin & Lempitsky, 2015)."""
-    return _ReverseGrad.apply(x, scale)
 
 
 class Adversarial(Method):

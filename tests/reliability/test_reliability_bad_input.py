@@ -286,3 +286,16 @@ def test_evaluate_config_unknown_key_and_a_working_config(base, data, tmp_path, 
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["attribute"] == "sex" and "ci" in metrics and not (out / "leakage.json").exists()
+
+
+def test_synth_config_file_and_its_unknown_key(tmp_path, monkeypatch, capsys):
+    cfg = tmp_path / "synth.yaml"
+    cfg.write_text("n: 12\nsize: 32\nbias: artifact\nsede: 3\n")
+    out = tmp_path / "o"
+    _expect_bad(["synth", "nodules", "--out", out, "--config", cfg, "--quiet"], "sede", monkeypatch, capsys, out)
+    cfg.write_text("n: 12\nsize: 32\nbias: artifact\nseed: 3\n")
+    code, _, err = run_cli(["synth", "nodules", "--out", out, "--config", cfg, "--n", "14", "--quiet"],
+                           monkeypatch, capsys)
+    assert code == 0, err
+    frame = pd.read_csv(out / "manifest.csv")
+    assert len(frame) == 14  # the command line overrides the file

@@ -7,20 +7,36 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from applefair.config import Settings
+
 out_console = Console()
+
+
+class SynthSettings(Settings):
+    """Settings of `applefair synth` (YAML keys for --config)."""
+
+    n: int = 800
+    size: int = 96
+    bias: str = "contrast"
+    minority_share: float = 0.25
+    strength: float = 1.0
+    seed: int = 0
 
 
 def synth(
     kind: str = typer.Argument(..., help="nodules (ultrasound-like, attribute sex) or vessels (fundus-like, "
                                          "attribute age in years)."),
     out: Path = typer.Option(..., "--out", help="Folder to write (manifest.csv, images/, masks/)."),
-    n: int = typer.Option(800, "--n", help="Number of images."),
-    size: int = typer.Option(96, "--size", help="Image side in pixels."),
-    bias: str = typer.Option("contrast", "--bias", help="Bias mechanism: contrast (difficulty), gain, artifact, "
-                                                        "anatomy (shortcut), none (control)."),
-    minority_share: float = typer.Option(0.25, "--minority-share", help="Share of the minority group (0-1)."),
-    strength: float = typer.Option(1.0, "--strength", help="Size of the group difference (0 = none)."),
-    seed: int = typer.Option(0, "--seed", help="Seed; the same seed gives the same files."),
+    n: int = typer.Option(None, "--n", help="Number of images (default 800)."),
+    size: int = typer.Option(None, "--size", help="Image side in pixels (default 96)."),
+    bias: str = typer.Option(None, "--bias", help="Bias mechanism: contrast (difficulty), gain, artifact, "
+                                                  "anatomy (shortcut), none (control) (default contrast)."),
+    minority_share: float = typer.Option(None, "--minority-share", help="Share of the minority group, 0-1 "
+                                                                        "(default 0.25)."),
+    strength: float = typer.Option(None, "--strength", help="Size of the group difference, 0 = none (default 1)."),
+    seed: int = typer.Option(None, "--seed", help="Seed; the same seed gives the same files (default 0)."),
+    config: Path = typer.Option(None, "--config", help="YAML settings (n, size, bias, minority_share, strength, "
+                                                       "seed); options given here override the file."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing, non-empty --out folder."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
@@ -28,10 +44,16 @@ def synth(
 
     Example: applefair synth vessels --out data/vessels --n 800 --size 96 --bias anatomy --minority-share 0.25 --seed 0
     """
+    from applefair.config import resolve_settings
     from applefair.data.synthetic import BIASES, KINDS, generate
     from applefair.errors import InputError
     from applefair.io import staged_dir
     from applefair.progress import progress_bar
+
+    st = resolve_settings(SynthSettings, config, n=n, size=size, bias=bias, minority_share=minority_share,
+                          strength=strength, seed=seed)
+    n, size, bias, minority_share, strength, seed = (st.n, st.size, st.bias, st.minority_share, st.strength,
+                                                     st.seed)
 
     if kind not in KINDS:  # checked before anything is written
         raise InputError(f"kind '{kind}' is not known (expected one of: {', '.join(KINDS)})")

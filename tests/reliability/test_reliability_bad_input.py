@@ -299,3 +299,10 @@ def test_synth_config_file_and_its_unknown_key(tmp_path, monkeypatch, capsys):
     assert code == 0, err
     frame = pd.read_csv(out / "manifest.csv")
     assert len(frame) == 14  # the command line overrides the file
+
+
+@pytest.mark.parametrize("command", [["demo"], ["synth"], ["data", "inspect"], ["models", "sites"], ["train"],
+                                     ["mitigate"], ["evaluate"], ["compare"], ["report"], ["bench"]])
+def test_every_command_with_settings_takes_a_config_file(command, monkeypatch, capsys):
+    code, out, _ = run_cli([*command, "--help"], monkeypatch, capsys)
+    assert code == 0 and "--config" in out, out[-600:]

@@ -8,6 +8,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from applefair.config import Settings
+
 out_console = Console()
 
 
@@ -97,10 +99,20 @@ def markdown(result: dict, command: str) -> str:
     return "\n".join(lines)
 
 
+class BenchSettings(Settings):
+    """Settings of `applefair bench` (YAML keys for --config)."""
+
+    quick: bool = False
+    seed: int = 0
+
+
 def bench(
     out: Path = typer.Option(Path("runs/bench"), "--out", help="Folder for bench.json and bench.md."),
-    quick: bool = typer.Option(False, "--quick", help="Small sizes (about 3 minutes on 2 cores)."),
-    seed: int = typer.Option(0, "--seed", help="Seed for data and models."),
+    quick: bool = typer.Option(None, "--quick/--full", help="Small sizes, about 1.5-3 minutes on 2 cores "
+                                                            "(default: full)."),
+    seed: int = typer.Option(None, "--seed", help="Seed for data and models (default 0)."),
+    config: Path = typer.Option(None, "--config", help="YAML settings (quick, seed); options given here override "
+                                                       "the file."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
 ) -> None:
     """Measure APPLE's cost against retraining baselines, its inference overhead, scaling and evaluation speed.
@@ -119,6 +131,10 @@ def bench(
 
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a folder (expected an output folder for bench.json)")
+    from applefair.config import resolve_settings
+
+    st = resolve_settings(BenchSettings, config, quick=quick, seed=seed)
+    quick, seed = st.quick, st.seed
     cfg = BenchConfig.quick(seed=seed) if quick else BenchConfig(seed=seed)
 
     def step(label: str) -> None:

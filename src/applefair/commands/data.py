@@ -6,8 +6,11 @@ import warnings
 from pathlib import Path
 
 import typer
+from pydantic import Field
 from rich.console import Console
 from rich.table import Table
+
+from applefair.config import Settings
 
 out_console = Console()
 data_app = typer.Typer(help="Look at a dataset: counts per split and group, sizes, masks, unknown values.",
@@ -16,15 +19,26 @@ _INTERNAL = {"id", "image", "mask", "image_path", "mask_path", "image_key", "mas
              "name", "volume", "imagePath", "labelPath"}
 
 
+class InspectSettings(Settings):
+    """Settings of `applefair data inspect` (YAML keys for --config)."""
+
+    format: str | None = None
+    groups: str | None = None
+    options: dict[str, str] = Field(default_factory=dict)
+    limit: int = Field(0, ge=0)
+
+
 @data_app.command("inspect")
 def inspect(
     path: Path = typer.Argument(..., help="A manifest CSV or a dataset folder (FairSeg, TUSC, FIVES, NIfTI)."),
-    fmt: str = typer.Option("", "--format", help="csv, fairseg, tusc, fives or nifti (default: detected)."),
-    groups: str = typer.Option("", "--groups", help="Group spec to count, e.g. sex, 'age:0,60,inf' or "
-                                                    "'sex*age:0,60,inf'."),
+    fmt: str = typer.Option(None, "--format", help="csv, fairseg, tusc, fives or nifti (default: detected)."),
+    groups: str = typer.Option(None, "--groups", help="Group spec to count, e.g. sex, 'age:0,60,inf' or "
+                                                      "'sex*age:0,60,inf'."),
     option: list[str] = typer.Option([], "--option", help="Reader/loader option KEY=VALUE, repeatable "
                                                           "(e.g. target=disc, foreground=255)."),
-    limit: int = typer.Option(0, "--limit", help="Open only the first N samples (0: all)."),
+    limit: int = typer.Option(None, "--limit", help="Open only the first N samples (default 0: all)."),
+    config: Path = typer.Option(None, "--config", help="YAML settings (format, groups, options, limit); options "
+                                                       "given here override the file."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
 ) -> None:
     """Print counts per split x group, image sizes, mask foreground statistics and unknown attribute values.
@@ -33,10 +47,13 @@ def inspect(
 
     Example: applefair data inspect data/vessels --groups "age:0,60,inf"
     """
+    from applefair.config import resolve_settings
     from applefair.data import GroupSpec, SmallGroupWarning, load_dataset, validate_samples
     from applefair.data.groups import _raw
 
-    frame = load_dataset(path, format=fmt or None, **_options(option))
+    st = resolve_settings(InspectSettings, config, format=fmt or None, groups=groups or None, limit=limit)
+    fmt, groups, limit = st.format, st.groups, st.limit
+    frame = load_dataset(path, format=fmt or None, **{**st.options, **_options(option)})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", SmallGroupWarning)
         spec = GroupSpec.parse(groups).fit(frame) if groups else None

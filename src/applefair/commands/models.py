@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import typer
+from pydantic import Field
 from rich.console import Console
 from rich.table import Table
+
+from applefair.config import Settings
 
 out_console = Console()
 models_app = typer.Typer(no_args_is_help=True, help="The segmentor zoo and its latent sites.")
@@ -27,14 +32,26 @@ def list_cmd() -> None:
     out_console.print(table)
 
 
+class SitesSettings(Settings):
+    """Settings of `applefair models sites` (YAML keys for --config)."""
+
+    tiny: bool = False
+    size: int = Field(64, ge=8)
+    args: dict = Field(default_factory=dict)
+    all: bool = False
+
+
 @models_app.command("sites")
 def sites_cmd(
     name: str = typer.Argument(..., help="A zoo name (see `applefair models list`) or a model folder."),
-    tiny: bool = typer.Option(False, "--tiny", help="The CPU-test size of the model."),
-    size: int = typer.Option(64, "--size", help="Side of the example image (px) used to measure output shapes."),
+    tiny: bool = typer.Option(None, "--tiny/--no-tiny", help="The CPU-test size of the model (default: no)."),
+    size: int = typer.Option(None, "--size", help="Side of the example image (px) used to measure output shapes "
+                                                  "(default 64)."),
     arg: list[str] = typer.Option([], "--arg", help="Model argument KEY=VALUE (repeatable), e.g. variant=vit_b."),
-    show_all: bool = typer.Option(False, "--all", help="List every module with a tensor output, not only the "
-                                                       "declared sites and the top two levels."),
+    show_all: bool = typer.Option(None, "--all/--declared", help="List every module with a tensor output, not only "
+                                                                 "the declared sites and the top two levels."),
+    config: Path = typer.Option(None, "--config", help="YAML settings (tiny, size, args, all); options given here "
+                                                       "override the file."),
 ) -> None:
     """List latent sites (module paths) with the output shape each has for a SIZE x SIZE image.
 
@@ -45,7 +62,11 @@ def sites_cmd(
     """
     import torch
 
+    from applefair.config import resolve_settings
     from applefair.models.fit import model_folder, parse_model_args
+
+    st = resolve_settings(SitesSettings, config, tiny=tiny, size=size, all=show_all)
+    tiny, size, show_all = st.tiny, st.size, st.all
     from applefair.models.registry import create_segmentor, load_model_dir
     from applefair.models.sites import list_sites
 
@@ -53,7 +74,7 @@ def sites_cmd(
     if folder is not None:
         net, spec = load_model_dir(folder)
     else:
-        net, spec = create_segmentor(name, tiny=tiny, **parse_model_args(arg))
+        net, spec = create_segmentor(name, tiny=tiny, **{**st.args, **parse_model_args(arg)})
     example = torch.rand(1, 1, size, size)
     infos = list_sites(net, example, spec.site, spec.skip_sites)
     if not show_all:

@@ -24,9 +24,9 @@ from applefair.data.manifest import SegmentationDataset, read_manifest
 from applefair.data.synthetic import generate
 from applefair.io import staged_dir, state_dict_hash, write_csv, write_json, write_yaml
 from applefair.metrics.compare import paired_comparison
-from applefair.metrics.evaluate import predict_scores
+from applefair.metrics.evaluate import score_and_capture
 from applefair.metrics.fairness import fairness_summary
-from applefair.metrics.leakage import pool_latent, site_leakage
+from applefair.metrics.leakage import site_leakage
 from applefair.metrics.run import json_safe
 from applefair.models.registry import create_segmentor, save_model_dir
 from applefair.models.train import TrainConfig, train_segmentor
@@ -53,21 +53,6 @@ class DemoConfig:
     def quick(cls, **kw) -> DemoConfig:
         """A run of about a minute: fewer, smaller images and fewer epochs."""
         return cls(**{"n": 240, "size": 64, "erm_epochs": 15, "erm_lr": 5e-3, "apple_epochs": 4, **kw})
-
-
-@torch.no_grad()
-def latent_leakage(patched, dataset: SegmentationDataset, seed: int) -> dict:
-    """Fresh-probe AUC (with CI) on f_o (before) and f_p (after) at every perturbed site."""
-    patched.eval()
-    feats: dict[str, tuple[list, list]] = {s: ([], []) for s in patched.sites}
-    for i in range(0, len(dataset), 64):
-        x = torch.stack([dataset[j]["image"] for j in range(i, min(i + 64, len(dataset)))])
-        patched(x)
-        for s, (fo, fp) in patched.latents.items():
-            feats[s][0].append(pool_latent(fo))
-            feats[s][1].append(pool_latent(fp))
-    return {s: site_leakage(torch.cat(fo).numpy(), torch.cat(fp).numpy(), dataset.group_ids, seed=seed)
-            for s, (fo, fp) in feats.items()}
 
 
 def run_demo(out: str | os.PathLike, cfg: DemoConfig, quiet: bool = False, overwrite: bool = True) -> dict:
@@ -107,14 +92,15 @@ def _run(stage: Path, cfg: DemoConfig, quiet: bool) -> dict:
                     TrainConfig(epochs=cfg.erm_epochs, lr=cfg.erm_lr, seed=cfg.seed), quiet=quiet)
     save_model_dir(stage / "deployed", net, spec)
 
-    before_scores = predict_scores(net, split["test"], groups)
+    test = split["test"]
+    before_scores, f_o = score_and_capture(net, test, groups, sites=[spec.site])
     before = fairness_summary(before_scores, groups.attribute, groups.groups, bootstrap=BOOTSTRAP, seed=cfg.seed)
     _write_eval(stage / "before", before, before_scores)
 
     deployed_hash = state_dict_hash(net)
     apple_cfg = AppleConfig(epochs=cfg.apple_epochs, seed=cfg.seed)
     patched, history, check = train_apple(net, spec.site, split["train"], split["val"], groups, apple_cfg, quiet)
-    after_scores = predict_scores(patched, split["test"], groups)
+    after_scores, f_p = score_and_capture(patched, test, groups, sites=patched.sites)
     after = fairness_summary(after_scores, groups.attribute, groups.groups, bootstrap=BOOTSTRAP, seed=cfg.seed)
     _write_eval(stage / "after", after, after_scores)
     paired = paired_comparison(before_scores, after_scores, groups.groups, resamples=BOOTSTRAP, seed=cfg.seed)
@@ -125,7 +111,8 @@ def _run(stage: Path, cfg: DemoConfig, quiet: bool) -> dict:
                                                        "deployed_weights_sha256": deployed_hash})
     check["hash_final"] = state_dict_hash(net)
     check["unchanged"] = check["unchanged"] and check["hash_final"] == deployed_hash
-    leakage = latent_leakage(patched, split["test"], cfg.seed)
+    # fresh probes on what the decoder receives: f_o (deployed) vs f_p (patched), never the discriminator
+    leakage = {s: site_leakage(f_o[s], f_p[s], test.group_ids, seed=cfg.seed) for s in patched.sites}
     write_json(stage / "leakage.json", json_safe(leakage))
     write_json(stage / "frozen_check.json", check)
     write_csv(stage / "history.csv", pd.DataFrame(history))

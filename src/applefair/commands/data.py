@@ -49,11 +49,12 @@ def inspect(
     """
     from applefair.config import resolve_settings
     from applefair.data import GroupSpec, SmallGroupWarning, load_dataset, validate_samples
+    from applefair.data.formats import parse_options
     from applefair.data.groups import _raw
 
     st = resolve_settings(InspectSettings, config, format=fmt or None, groups=groups or None, limit=limit)
     fmt, groups, limit = st.format, st.groups, st.limit
-    frame = load_dataset(path, format=fmt or None, **{**st.options, **_options(option)})
+    frame = load_dataset(path, format=fmt or None, **{**st.options, **parse_options(option)})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", SmallGroupWarning)
         spec = GroupSpec.parse(groups).fit(frame) if groups else None
@@ -85,12 +86,6 @@ def inspect(
     out_console.print(attrs)
     for w in caught:
         out_console.print(f"[yellow]warning:[/yellow] {w.message}", highlight=False)
-
-
-def _options(items: list[str]) -> dict:
-    from applefair.data.formats import parse_options
-
-    return parse_options(items)
 
 
 def register(app: typer.Typer) -> None:

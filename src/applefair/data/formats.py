@@ -62,17 +62,22 @@ def load_dataset(path: str | os.PathLike, format: str | None = None, **options) 
     return READERS[fmt](path, **options)
 
 
-def parse_options(items: list[str] | None) -> dict:
-    """CLI ``--option key=value`` pairs -> dict; values parsed as YAML (numbers, lists, mappings)."""
+def parse_key_values(items: list[str] | None, flag: str, example: str) -> dict:
+    """CLI ``KEY=VALUE`` pairs -> dict; values parsed as YAML (numbers, lists, mappings), else kept as text."""
     import yaml
 
     out: dict = {}
     for item in items or []:
         if "=" not in item:
-            raise InputError(f"option '{item}': expected KEY=VALUE (e.g. foreground=255 or target=disc)")
+            raise InputError(f"{flag} '{item}': expected KEY=VALUE (e.g. {example})")
         k, v = item.split("=", 1)
         try:
-            out[k.strip()] = yaml.safe_load(v) if v.strip() else None
+            out[k.strip()] = yaml.safe_load(v)
         except yaml.YAMLError:
             out[k.strip()] = v
     return out
+
+
+def parse_options(items: list[str] | None) -> dict:
+    """CLI ``--option key=value`` pairs -> dict; values parsed as YAML (numbers, lists, mappings)."""
+    return parse_key_values(items, "option", "foreground=255 or target=disc")

@@ -16,7 +16,7 @@ from pydantic import Field
 
 import applefair
 from applefair.config import Device, Settings
-from applefair.errors import InputError
+from applefair.data.formats import parse_key_values
 from applefair.io import staged_dir, write_csv, write_yaml
 from applefair.models.checkpoints import load_checkpoint
 from applefair.models.registry import create_segmentor, save_model_dir
@@ -112,18 +112,7 @@ class _NoGroups:
 
 def parse_model_args(items: list[str] | None) -> dict:
     """CLI ``--arg key=value`` pairs -> constructor arguments (values parsed as YAML)."""
-    import yaml
-
-    out: dict = {}
-    for item in items or []:
-        if "=" not in item:
-            raise InputError(f"--arg '{item}': expected KEY=VALUE (e.g. variant=vit_b or channels=[16,32,64])")
-        k, v = item.split("=", 1)
-        try:
-            out[k.strip()] = yaml.safe_load(v)
-        except yaml.YAMLError:
-            out[k.strip()] = v
-    return out
+    return parse_key_values(items, "--arg", "variant=vit_b or channels=[16,32,64]")
 
 
 def model_folder(path: str | os.PathLike) -> Path | None:

@@ -64,6 +64,11 @@ def main() -> None:
         err_console.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise SystemExit(EXIT_BAD_INPUT) from None
     except Exception as exc:  # noqa: BLE001 - anything else is a bug: one line + crash log, exit 1
+        from applefair.errors import EXIT_OUTPUT, as_output_error
+
+        if isinstance(exc, OSError) and (full := as_output_error(exc)) is not None:  # disk full, permission, ...
+            err_console.print(f"error: {full}", highlight=False, markup=False, soft_wrap=True)
+            raise SystemExit(EXIT_OUTPUT) from None
         try:
             where = f"details in {write_crash_log(exc)}"
         except OSError:

@@ -103,16 +103,3 @@ def resolve_settings(model: type[M], config: str | os.PathLike | None = None, /,
     base = load_config(config, model).model_dump() if config is not None else {}
     given = {k: v for k, v in overrides.items() if v is not None}
     return validate_settings({**base, **given}, model, "command line" if not config else str(config))
-
-
-def resolve_device(name: str) -> str:
-    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; asking for an absent GPU is bad input."""
-    import torch
-
-    if name not in ("auto", "cpu", "cuda"):
-        raise InputError(f"--device: '{name}' (expected auto, cpu or cuda)")
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError("--device cuda: no CUDA device is visible (use --device cpu or auto)")
-    return name

@@ -48,6 +48,7 @@ class DemoConfig:
     erm_lr: float = 3e-3
     apple_epochs: int = 20
     channels: tuple[int, ...] = (16, 32, 64, 128)
+    device: str = "cpu"  # where ERM, APPLE and evaluation run (the command resolves --device auto)
 
     @classmethod
     def quick(cls, **kw) -> DemoConfig:
@@ -89,7 +90,7 @@ def _run(stage: Path, cfg: DemoConfig, quiet: bool) -> dict:
 
     net, spec = create_segmentor("unet", seed=cfg.seed, channels=list(cfg.channels))
     train_segmentor(net, split["train"], split["val"], groups,
-                    TrainConfig(epochs=cfg.erm_epochs, lr=cfg.erm_lr, seed=cfg.seed), quiet=quiet)
+                    TrainConfig(epochs=cfg.erm_epochs, lr=cfg.erm_lr, seed=cfg.seed, device=cfg.device), quiet=quiet)
     save_model_dir(stage / "deployed", net, spec)
 
     test = split["test"]

@@ -38,7 +38,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
 
 from applefair.errors import InputError
 
@@ -86,6 +86,13 @@ def launched_rank() -> int:
     return _env_int("RANK", 0) if _env_int("WORLD_SIZE", 1) > 1 else 0
 
 
+def launched_world_size() -> int:
+    """How many processes torchrun started (WORLD_SIZE), known even before the group is joined."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return _env_int("WORLD_SIZE", 1)
+
+
 def local_rank() -> int:
     return _env_int("LOCAL_RANK", 0) if is_distributed() else 0
 
@@ -131,11 +138,10 @@ def init(backend: str | None = None, timeout_s: float = 1800.0) -> DistInfo:
 def resolve_device(name: str | torch.device = "cpu") -> torch.device:
     """`name` as a device, joining the process group first; under torchrun a bare 'cuda' becomes
     this process's own GPU (cuda:LOCAL_RANK), so that N processes do not share GPU 0."""
+    from applefair.speed import resolve_device as _resolve
+
     init()
-    dev = torch.device(name)
-    if dev.type == "cuda" and dev.index is None and is_distributed():
-        return torch.device("cuda", local_rank())
-    return dev
+    return _resolve(name)
 
 
 def shutdown() -> None:
@@ -179,20 +185,27 @@ class ShardSampler(DistributedSampler):
     step together are the single-process batch of that step. Every rank holds the same
     generator state, so other draws from it (e.g. batch flips) stay in step too. Without a
     generator, a private one seeded with `seed` is used (then each pass reshuffles).
+
+    `base`: another single-process order to split instead of the shuffle (e.g. a
+    WeightedRandomSampler built on the same generator, for group-balanced sampling); it must
+    yield len(dataset) indices and draw only from the shared generator.
     """
 
     def __init__(self, dataset: Dataset, num_replicas: int, rank: int, shuffle: bool = True, seed: int = 0,
-                 drop_last: bool = True, generator: torch.Generator | None = None):
+                 drop_last: bool = True, generator: torch.Generator | None = None, base: Sampler | None = None):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
                          drop_last=drop_last)
         if generator is None:
-            generator = torch.Generator()
-            generator.manual_seed(seed)
+            generator = getattr(base, "generator", None) or torch.Generator().manual_seed(seed)
         self.generator = generator
+        self.base = base
 
     def __iter__(self):
         n, size = len(self.dataset), self.num_replicas
-        order = iter(RandomSampler(self.dataset, generator=self.generator)) if self.shuffle else iter(range(n))
+        if self.base is not None:
+            order = iter(self.base)
+        else:
+            order = iter(RandomSampler(self.dataset, generator=self.generator)) if self.shuffle else iter(range(n))
         head: list[int] = []
         while True:
             group = list(itertools.islice(order, size))
@@ -224,26 +237,46 @@ def per_rank_batch(batch_size: int, size: int | None = None) -> int:
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool = True, seed: int = 0, drop_last: bool = True,
                 generator: torch.Generator | None = None, num_workers: int = 0, pin_memory: bool = False,
-                **kwargs) -> DataLoader:
+                sampler: Sampler | None = None, shards: int = 0, **kwargs) -> DataLoader:
     """A loader over this rank's share of each global batch of `batch_size`.
 
     With one process it yields exactly what `DataLoader(dataset, batch_size, shuffle=shuffle,
-    generator=generator, drop_last=drop_last)` yields; with N processes, each rank gets
-    `batch_size / N` samples of every one of those batches (see `ShardSampler`).
+    generator=generator, drop_last=drop_last)` yields (or, given a `sampler` drawing from
+    `generator`, `DataLoader(dataset, batch_size, sampler=sampler, generator=generator, ...)`);
+    with N processes, each rank gets `batch_size / N` samples of every one of those batches
+    (see `ShardSampler`).
+
+    `shards` > 0: the shard-stratified order of `applefair.sharding.ShardedBatchSampler` instead,
+    in which every rank only ever sees the samples it owns (`shard_indices`), so that it can keep
+    a per-rank latent cache; one process with the same `shards` draws the same global batches.
     """
     init()
     n, r = world_size(), rank()
-    sampler = ShardSampler(dataset, n, r, shuffle=shuffle, seed=seed, drop_last=drop_last, generator=generator)
     extra = dict(kwargs)
     if num_workers > 0:
         extra.setdefault("persistent_workers", True)
+    if shards:
+        from applefair.sharding import ShardedBatchSampler
+
+        if sampler is not None:
+            raise ValueError("make_loader: a base sampler and shards cannot be combined")
+
+        if generator is None:
+            generator = torch.Generator().manual_seed(seed)
+        batches = ShardedBatchSampler(len(dataset), batch_size, shards, n, r, generator, shuffle=shuffle,
+                                      drop_last=drop_last)
+        return DataLoader(dataset, batch_sampler=batches, generator=generator, num_workers=num_workers,
+                          pin_memory=pin_memory, **extra)
+    sampler = ShardSampler(dataset, n, r, shuffle=shuffle, seed=seed, drop_last=drop_last, generator=generator,
+                           base=sampler)
     # the loader draws its workers' base seed from the generator too, as DataLoader(generator=g) does
     return DataLoader(dataset, batch_size=per_rank_batch(batch_size, n), sampler=sampler, drop_last=drop_last,
                       generator=sampler.generator, num_workers=num_workers, pin_memory=pin_memory, **extra)
 
 
 def shard_indices(length: int) -> list[int]:
-    """The indices this rank owns out of `length` (strided), e.g. for a per-rank latent cache."""
+    """The indices this rank owns out of `length` (strided, i % world_size == rank): those of a
+    per-rank latent cache, and the only ones `make_loader(..., shards=K)` gives this rank."""
     return list(range(rank(), length, world_size()))
 
 
@@ -391,6 +424,18 @@ def all_reduce_sum(x: torch.Tensor | float) -> torch.Tensor | float:
         t = t.to(device())
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return float(t) if is_float else t.to(x.device)
+
+
+def all_reduce_sum_grad(x: torch.Tensor) -> torch.Tensor:
+    """Differentiable sum over ranks (identity with one process): for losses built from global
+    sums, such as per-group means over the global batch. Every rank then holds the global value;
+    the backward pass sums the ranks' gradients, so that after DDP's averaging the parameters get
+    the gradient of the global loss."""
+    if not is_distributed():
+        return x
+    if dist.get_backend() == "nccl" and not x.is_cuda:
+        return _AllReduceSum.apply(x.to(device())).to(x.device)
+    return _AllReduceSum.apply(x)
 
 
 def all_reduce_mean(x: torch.Tensor | float) -> torch.Tensor | float:

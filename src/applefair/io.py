@@ -21,23 +21,51 @@ import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from applefair.errors import InputError
+from applefair.errors import InputError, as_output_error
+
+_UMASK = os.umask(0o022)  # read the process umask (restored at once): written files get the usual mode
+os.umask(_UMASK)
 
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; rename it onto `path` only on success."""
+    """Yield a temporary path next to `path`; rename it onto `path` only on success.
+
+    On failure the temporary file is removed; a disk-full / permission / read-only error becomes
+    an `OutputError` naming `path` (one line for the user, exit code 1).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; a run's files should read like any other file
+    except OSError as exc:
+        err = as_output_error(exc, path)
+        if err is None:
+            raise
+        raise err from None
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
+    except Exception as exc:
+        err = as_output_error(exc, path)
+        if err is None or err is exc:
+            raise
+        raise err from None
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        _remove_quietly(tmp_path)
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+    except OSError:
+        pass
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -115,18 +143,113 @@ def staged_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path
         with tempfile.TemporaryDirectory(prefix=".applefair-rank-") as scratch:
             yield Path(scratch)
         return
+    _check_out(out, overwrite)
+    stage = _storage(out, lambda: _make_stage(out))
+    try:
+        yield stage
+        _storage(out, lambda: _publish(stage, out))
+    except Exception as exc:
+        _reraise_storage(exc, out)
+        raise
+    finally:
+        _remove_quietly(stage)
+
+
+RESUME_SUFFIX = ".resume.partial"
+
+
+def resume_stage(out: str | os.PathLike) -> Path:
+    """Where a resumable run of `out` is built: the fixed hidden sibling `.NAME.resume.partial`."""
+    out = Path(out)
+    return out.parent / f".{out.name}{RESUME_SUFFIX}"
+
+
+@contextmanager
+def resumable_dir(out: str | os.PathLike, marker: str, overwrite: bool = False,
+                  resume: bool = False) -> Iterator[tuple[Path, bool]]:
+    """Like `staged_dir`, for runs that checkpoint: yields (stage, resuming).
+
+    The stage has a fixed name (`resume_stage(out)`), so a run killed after writing its checkpoint
+    `marker` into it leaves it behind for `resume=True` to continue. A run that fails keeps the
+    stage only if it holds `marker` (so it can be resumed), else removes it; a finished run moves
+    it to `out`. `out` itself is never half-written. Without `resume`, a stage holding a
+    checkpoint is bad input unless `overwrite` (then it is discarded).
+    """
+    out = Path(out)
+    stage = resume_stage(out)
+    from applefair.distributed import is_main  # late: every module imports io
+
+    resuming = resume and (stage / marker).is_file()
+    if not is_main():  # other ranks: a scratch copy of the stage, so that every rank resumes from the same state
+        with tempfile.TemporaryDirectory(prefix=".applefair-rank-") as scratch:
+            if resuming:
+                shutil.copytree(stage, Path(scratch) / "stage")
+            yield (Path(scratch) / "stage" if resuming else Path(scratch)), resuming
+        return
+    if resume and not resuming:
+        if stage.is_dir():  # killed before its first checkpoint: start again
+            _remove_quietly(stage)
+        elif out.is_dir() and any(out.iterdir()):
+            raise InputError(f"{out}: --resume given, but the run there has finished (nothing to resume)")
+        else:
+            raise InputError(f"{out}: --resume given, but no interrupted run of it was found "
+                             f"(no {stage.name}/{marker}); run without --resume")
+    if not resume and (stage / marker).is_file():
+        if not overwrite:
+            raise InputError(f"{out}: an interrupted run left its checkpoint in {stage} "
+                             "(use --resume to continue it, or --overwrite to start again)")
+    _check_out(out, overwrite)
+    if not resuming:
+        _remove_quietly(stage)
+    _storage(out, lambda: stage.mkdir(parents=True, exist_ok=True))
+    try:
+        yield stage, resuming
+        _storage(out, lambda: _publish(stage, out))
+    except Exception as exc:
+        _reraise_storage(exc, out)
+        raise
+    finally:
+        if stage.exists() and not (stage / marker).is_file():
+            _remove_quietly(stage)
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
     if out.exists() and not overwrite:
         if not out.is_dir() or any(out.iterdir()):
             raise InputError(f"{out}: output folder exists and is not empty (use --overwrite to replace it)")
+
+
+def _make_stage(out: Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    return Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+
+
+def _storage(out: Path, fn):
+    """Run `fn`; a disk-full / permission / read-only error becomes an OutputError naming `out`."""
     try:
-        yield stage
-        if out.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-            os.replace(out, trash / "old")
-            shutil.rmtree(trash, ignore_errors=True)
-        os.replace(stage, out)
-    finally:
-        if stage.exists():
-            shutil.rmtree(stage, ignore_errors=True)
+        return fn()
+    except OSError as exc:
+        err = as_output_error(exc, out)
+        if err is None:
+            raise
+        raise err from None
+
+
+def _reraise_storage(exc: Exception, out: Path) -> None:
+    """Raise a disk-full / permission error from a run's work as one OutputError (the OS's file, else `out`);
+    return for anything else. The work reads files too, so only the OS's own file name is trusted here."""
+    err = as_output_error(exc)
+    if err is None or err is exc:
+        return
+    if err.filename is None:
+        err = as_output_error(exc, out)
+    raise err from None
+
+
+def _publish(stage: Path, out: Path) -> None:
+    """Move the finished `stage` onto `out` (an earlier folder there is replaced only at the very end)."""
+    if out.exists():
+        trash = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+        os.replace(out, trash / "old")
+        shutil.rmtree(trash, ignore_errors=True)
+    os.replace(stage, out)

@@ -26,17 +26,40 @@ from applefair.errors import InputError
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """'auto' is the first CUDA device when there is one, else the CPU."""
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
+    """The one place a device name becomes a device.
+
+    'auto' is the first CUDA device when there is one, else the CPU; asking for an absent GPU
+    is bad input. Under torchrun a bare 'cuda' (or 'auto' on a GPU machine) becomes this
+    process's own GPU, cuda:LOCAL_RANK, so that N processes do not all share GPU 0.
+    """
+    if isinstance(name, torch.device):
+        name = str(name)
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise InputError(f"device '{name}': expected auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device '{name}': CUDA is not available on this machine (use cpu or auto)")
+        raise InputError(f"--device {name}: expected auto, cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise InputError(f"--device {name}: expected auto, cpu, cuda or cuda:N")
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"--device {name}: no CUDA device is visible on this machine (use cpu or auto)")
+        if dev.index is None and "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ:
+            dev = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InputError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible")
     return dev
+
+
+def module_device(module: nn.Module) -> torch.device:
+    """Where a module lives (its first parameter or buffer); loops move their batches there."""
+    for t in module.parameters():
+        return t.device
+    for t in module.buffers():
+        return t.device
+    return torch.device("cpu")
 
 
 def supports_bf16(dev: torch.device) -> bool:

@@ -103,3 +103,32 @@ def test_unknown_apple_option_in_config(cli_app, tiny_manifest, apple_model_dir,
     res = _invoke(cli_app, ["mitigate", "--data", str(tiny_manifest), "--model", str(apple_model_dir),
                             "-a", "sex", "--config", str(bad), "--out", str(tmp_path / "r"), "--quiet"])
     assert isinstance(res.exception, InputError) and "alpah" in str(res.exception)
+
+
+@pytest.mark.parametrize("command", ["mitigate", "compare"])
+def test_device_cuda_without_a_gpu_is_one_line_of_bad_input(cli_app, tiny_manifest, apple_model_dir, tmp_path,
+                                                            monkeypatch, command):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    out = tmp_path / "run"
+    if command == "mitigate":
+        args = ["mitigate", "--data", str(tiny_manifest), "--model", str(apple_model_dir), "--attribute", "sex",
+                "--epochs", "1", "--out", str(out), "--device", "cuda", "--quiet"]
+    else:
+        args = ["compare", "--config", "configs/smoke.yaml", "--out", str(out), "--device", "cuda", "--quiet"]
+    res = _invoke(cli_app, args)  # applefair.cli.main turns an InputError into one line and exit code 2
+    assert isinstance(res.exception, InputError), res.output
+    assert str(res.exception).startswith("--device cuda: no CUDA device is visible")
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_mitigate_records_the_device_it_ran_on(cli_app, tiny_manifest, apple_model_dir, tmp_path):
+    config = tmp_path / "apple.yaml"
+    config.write_text(yaml.safe_dump({"apple": {"perturber": "conv", "width": 8, "d_hidden": 16, "batch_size": 8}}))
+    out = tmp_path / "run"
+    res = _invoke(cli_app, ["mitigate", "--data", str(tiny_manifest), "--model", str(apple_model_dir),
+                            "--attribute", "sex", "--epochs", "1", "--config", str(config), "--out", str(out),
+                            "--device", "cpu", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert yaml.safe_load((out / "config.yaml").read_text())["device"] == "cpu"

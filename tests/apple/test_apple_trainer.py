@@ -98,3 +98,18 @@ def test_config_errors_name_the_key():
         AppleConfig.from_dict({"alpah": 1.0})
     with pytest.raises(InputError, match="epochs"):
         AppleConfig(epochs=0)
+
+
+def test_bf16_autocast_runs_the_game_and_fp16_is_refused(apple_setup):
+    """bf16 is what 'auto' picks on GPUs; on the CPU it is opt-in, and tested here so CI covers the path."""
+    net, spec, groups, split = apple_setup
+    before = state_dict_hash(net)
+    cfg = AppleConfig(epochs=2, precision="bf16", **FAST)
+    patched, history, check = train_apple(net, spec.site, split["train"], split["val"], groups, cfg, quiet=True)
+    assert check["unchanged"] and state_dict_hash(net) == before
+    assert all(math.isfinite(history[-1][k]) for k in ("l_seg", "l_d", "val_dice", "pert_norm"))
+    assert history[-1]["pert_norm"] > 0
+    assert all(p.dtype == torch.float32 for p in patched.perturbers.parameters())  # weights stay fp32
+    patched.remove()
+    with pytest.raises(InputError, match="precision='fp16'"):
+        AppleConfig(precision="fp16")

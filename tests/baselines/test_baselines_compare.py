@@ -95,3 +95,26 @@ def test_smoke_config_runs_every_method(tmp_path):
     assert set(cells["method"]) == {"deployed", *[m.name for m in settings.methods]}
     frozen = cells.set_index("method")["frozen"]
     assert frozen["apple"] and frozen["faap"] and not frozen["erm"]
+
+
+def test_jobs_give_the_same_cells_as_one_process(tmp_path):
+    """Two worker processes run the (seed, dataset, segmentor) blocks; every number but wall time is equal."""
+    settings, root = _config(tmp_path, seeds=[0, 1], methods=["erm"])
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert run_compare(settings, root, one, quiet=True) == {"run": 4, "skipped": 0, "failed": 0, "left": 0}
+    assert run_compare(settings, root, two, quiet=True, jobs=2) == {"run": 4, "skipped": 0, "failed": 0, "left": 0}
+    a, b = (pd.read_csv(d / "results.csv").sort_values(["seed", "method"]).reset_index(drop=True) for d in (one, two))
+    timing = [c for c in a.columns if "seconds" in c or "time" in c]
+    pd.testing.assert_frame_equal(a.drop(columns=timing), b.drop(columns=timing))
+    assert "pid" in (two / "compare.log").read_text()  # the workers log into the run's log
+    assert run_compare(settings, root, two, quiet=True, jobs=2)["skipped"] == 4  # resumes with jobs too
+    with pytest.raises(InputError, match="--jobs 0"):
+        run_compare(settings, root, two, quiet=True, jobs=0)
+
+
+def test_compare_under_torchrun_points_to_jobs(tmp_path, monkeypatch):
+    settings, root = _config(tmp_path)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(InputError, match="use --jobs N instead of torchrun"):
+        run_compare(settings, root, tmp_path / "run", quiet=True)
+    assert not (tmp_path / "run").exists()

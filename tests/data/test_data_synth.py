@@ -112,3 +112,33 @@ def test_cli_synth_and_inspect(tmp_path):
     assert res.exit_code == 0, res.output
     text = " ".join(res.output.split())  # rich wraps long lines
     assert "60+" in text and "mask foreground fraction" in text and "32x32: 12" in text
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_spurious_cue_present_and_training_protocol_shifted(tmp_path, kind):
+    """`spurious`: the minority's images carry a calibration cue in every split; only the minority's
+    *training* masks follow another protocol (nodules: traced inside the border; vessels: wider)."""
+    m, imgs, masks, minority = _load(generate(tmp_path / "s", n=40, size=64, bias="spurious", seed=3, kind=kind,
+                                              minority_share=0.5, strength=1.5))
+    _, _, ref_masks, _ = _load(generate(tmp_path / "r", n=40, size=64, bias="none", seed=3, kind=kind,
+                                        minority_share=0.5))
+    again = generate(tmp_path / "s2", n=40, size=64, bias="spurious", seed=3, kind=kind, minority_share=0.5,
+                     strength=1.5)
+    assert _digest(again.parent) == _digest(tmp_path / "s")  # deterministic
+    train = (m["split"] == "train").to_numpy()
+    ratio = np.array([k.sum() / max(r.sum(), 1) for k, r in zip(masks, ref_masks, strict=True)])
+    # the majority, and the minority outside the training split, keep the reference masks exactly
+    assert np.all(ratio[~minority | ~train] == 1.0)
+    for k, r, keep in zip(masks, ref_masks, ~minority | ~train, strict=True):
+        assert not keep or np.array_equal(k, r)
+    shifted = ratio[minority & train]
+    if kind == "nodules":  # the core without a 4-px margin: about half of the lesion's area
+        assert np.all(shifted < 0.8) and np.all(shifted > 0.1)
+        assert all(np.all(r[k]) for k, r, s in zip(masks, ref_masks, minority & train, strict=True) if s)
+    else:  # traced wider
+        assert np.all(shifted > 1.3)
+    # the cue: a compressed, brighter intensity range in the minority, in every split
+    lo = np.array([np.percentile(i, 2) for i in imgs])
+    for split in ("train", "val", "test"):
+        sel = (m["split"] == split).to_numpy()
+        assert lo[sel & minority].min() > lo[sel & ~minority].mean() + 0.1, split

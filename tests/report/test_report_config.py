@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from applefair.config import DemoSettings, load_config, resolve_device, resolve_settings
+from applefair.config import DemoSettings, load_config, resolve_settings
 from applefair.errors import InputError
+from applefair.speed import resolve_device
 
 
 def test_valid_config_loads(tmp_path):
@@ -51,10 +52,10 @@ def test_command_line_overrides_file(tmp_path):
 def test_device_resolution(monkeypatch):
     import torch
 
-    assert resolve_device("cpu") == "cpu"
+    assert str(resolve_device("cpu")) == "cpu"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert resolve_device("auto") == "cpu"
+    assert str(resolve_device("auto")) == "cpu"
     with pytest.raises(InputError, match="no CUDA device"):
         resolve_device("cuda")
-    with pytest.raises(InputError, match="expected auto, cpu or cuda"):
+    with pytest.raises(InputError, match="expected auto, cpu, cuda or cuda:N"):
         resolve_device("gpu")

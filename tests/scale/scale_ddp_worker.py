@@ -3,11 +3,14 @@
 Run as `python tests/scale/scale_ddp_worker.py MODES OUT_DIR [MANIFEST]` (one process) or under
 `torchrun --nproc_per_node 2` (two); rank 0 writes OUT_DIR/<mode>.safetensors and the test
 compares them with a one-process run. MODES (comma-separated): toy (a small BatchNorm CNN
-trained with the distributed helpers), erm (the ERM trainer), apple (the APPLE trainer).
+trained with the distributed helpers), erm (the ERM trainer), apple (the APPLE trainer),
+apple_sharded (APPLE with `cache_shards=2`: each rank caches half the training split),
+groupdro and resampling (the baselines, through `get_method(...).fit`).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -83,6 +86,57 @@ def apple(manifest: str) -> dict[str, torch.Tensor]:
     return {**patched.perturbers.state_dict(), "logits": _logits(patched, val)}
 
 
+CACHES: list[dict] = []  # what each LatentCache.build made in this process (apple_sharded)
+
+
+def apple_sharded(manifest: str) -> dict[str, torch.Tensor]:
+    """APPLE with the shard-stratified order over 2 shards; records this rank's cache size."""
+    from applefair.apple.cache import LatentCache
+    from applefair.apple.trainer import AppleConfig, train_apple
+    from applefair.models.registry import create_segmentor
+
+    original = LatentCache.build.__func__
+
+    def recording_build(cls, *args, **kwargs):
+        cache = original(cls, *args, **kwargs)
+        CACHES.append({"held": len(cache), "bytes": cache.nbytes(), "of": len(cache.rows),
+                       "indices": [int(i) for i in (cache.rows >= 0).nonzero().flatten()]})
+        return cache
+
+    LatentCache.build = classmethod(recording_build)
+    try:
+        train, val, groups = _data(manifest)
+        torch.manual_seed(0)
+        net, spec = create_segmentor("unet", tiny=True)
+        patched, _, _ = train_apple(net, spec.site, train, val, groups,
+                                    AppleConfig(epochs=2, batch_size=8, width=8, seed=0, selection="last",
+                                                d_dropout=0.0, cache="memory", cache_shards=2), quiet=True)
+    finally:
+        LatentCache.build = classmethod(original)
+    return {**patched.perturbers.state_dict(), "logits": _logits(patched, val)}
+
+
+def baseline(method: str, manifest: str) -> dict[str, torch.Tensor]:
+    """A baseline fitted through its public interface; the last epoch is kept (as APPLE's `selection:
+    last`), so that the comparison is of trained weights, not of a selection that may pick epoch 0."""
+    import itertools
+
+    from applefair.baselines import base, get_method
+    from applefair.models.registry import create_segmentor
+
+    ticks = itertools.count()
+    base.selection_score = lambda _summary: float(next(ticks))  # every epoch beats the one before
+    train, val, groups = _data(manifest)
+    torch.manual_seed(0)
+    net, spec = create_segmentor("unet", tiny=True)
+    res = get_method(method).fit(net, spec, train, val, groups,
+                                 base.Budget(epochs=2, batch_size=8, seed=0, tolerance=1.0, optimizer="sgd", lr=0.01),
+                                 quiet=True)  # SGD: see erm()
+    assert res.selected_epoch == 2, res.selected_epoch
+    losses = torch.tensor([row["loss"] for row in res.history[1:]], dtype=torch.float64)
+    return {**res.model.state_dict(), "logits": _logits(res.model, val), "loss_history": losses}
+
+
 @torch.no_grad()
 def _logits(model: nn.Module, dataset) -> torch.Tensor:
     """The trained model's outputs on the validation images: what 'the same result' means."""
@@ -94,19 +148,24 @@ def _logits(model: nn.Module, dataset) -> torch.Tensor:
     return segment(model, batch)
 
 
-MODES = {"toy": toy, "erm": erm, "apple": apple}
+MODES = {"toy": toy, "erm": erm, "apple": apple, "apple_sharded": apple_sharded,
+         "groupdro": lambda m: baseline("groupdro", m), "resampling": lambda m: baseline("resampling", m)}
 
 
 def main() -> None:
     modes, out = sys.argv[1].split(","), sys.argv[2]
     if os.environ.get("SCALE_NO_SYNC_BN"):  # a control: per-rank BatchNorm statistics must break agreement
         distributed.sync_batchnorm = lambda module: module
+    if os.environ.get("SCALE_LOCAL_GROUPS"):  # a control: per-rank group means must break groupdro's agreement
+        distributed.all_reduce_sum_grad = lambda x: x
     distributed.init()
     for mode in modes:
+        CACHES.clear()
         state = MODES[mode](*sys.argv[3:]) if mode != "toy" else toy()
+        caches = distributed.all_gather_objects(list(CACHES))  # every rank's cache, rank order
         if distributed.is_main():
             save_tensors(os.path.join(out, f"{mode}.safetensors"), state,
-                         metadata={"world_size": str(distributed.world_size())})
+                         metadata={"world_size": str(distributed.world_size()), "caches": json.dumps(caches)})
     distributed.barrier()
     distributed.shutdown()
 

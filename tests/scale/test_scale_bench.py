@@ -87,3 +87,28 @@ def test_tables_and_markdown_show_missing_values_as_such():
     assert "RuntimeError: boom" in text and "no 'sam' model" in text
     assert "| mitigation_cost_ratio | n/a | <= 0.25 | n/a |" in text
     assert "| inference_latency_ratio | 1.200 | <= 1.1 | NO |" in text
+
+
+def test_bench_runs_only_the_asked_sections_on_the_asked_device(tmp_path):
+    from applefair.perf import run_bench
+
+    cfg = BenchConfig(tiny=True, eval_n=16, sections=("evaluation",), device="cpu")
+    result = run_bench(cfg)
+    assert set(result) >= {"evaluation", "met"} and "mitigation" not in result and "scaling" not in result
+    assert result["evaluation"]["device"] == "cpu" and result["evaluation"]["s_per_1000_dice_iou"] > 0
+    assert result["met"]["params_ratio"] is None  # not measured: not met, not failed
+
+
+def test_bench_options_are_checked(tmp_path):
+    from typer.testing import CliRunner
+
+    from applefair.cli import app
+    from applefair.errors import InputError
+
+    runner = CliRunner()
+    cases = [(["--only", "speed"], "unknown section(s) speed"), (["--sizes", "1k"], "--sizes 1k")]
+    if not torch.cuda.is_available():
+        cases.append((["--device", "cuda"], "CUDA"))
+    for args, message in cases:
+        out = runner.invoke(app, ["bench", *args, "--out", str(tmp_path)])
+        assert isinstance(out.exception, InputError) and message in str(out.exception), out.output

@@ -67,6 +67,6 @@ def test_loader_settings_per_device():
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
 def test_asking_for_cuda_without_it_is_an_input_error():
-    assert speed.pick_device("auto") == CPU
-    with pytest.raises(InputError, match="CUDA is not available"):
-        speed.pick_device("cuda")
+    assert speed.resolve_device("auto") == CPU
+    with pytest.raises(InputError, match="no CUDA device is visible"):
+        speed.resolve_device("cuda")

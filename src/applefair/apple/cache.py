@@ -10,23 +10,26 @@ their `forward` is swapped for a lookup, and only the rest of the network (the d
 anything downstream of a perturbed site) runs. Hooks still fire, so the perturber sees the
 cached f_o exactly as it would see a recomputed one.
 
-Storage is in memory, or in memory-mapped .npy files under a folder when it is large.
+Storage is in memory (on the GPU when the network runs there and the cache fits, else on the
+CPU), or in memory-mapped .npy files under a folder when it is large. Under torchrun with
+`cache_shards`, each process caches only the samples it owns (see applefair.sharding).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from applefair.models.registry import segment
 from applefair.models.sites import find_module
+from applefair.speed import module_device, to_device
 
 
 def cacheable_modules(net: nn.Module, sites: list[str], batch: dict) -> list[str]:
@@ -70,32 +73,60 @@ def cacheable_modules(net: nn.Module, sites: list[str], batch: dict) -> list[str
 
 
 class LatentCache:
-    """Outputs of the frozen, perturbation-independent modules, for every sample of a dataset."""
+    """Outputs of the frozen, perturbation-independent modules, for every sample of a dataset
+    (or, sharded, for the samples one rank owns).
 
-    def __init__(self, net: nn.Module, names: list[str], store: dict[str, np.ndarray | torch.Tensor]):
+    `rows[i]` is where dataset index i is stored (-1: not held here). `lookup` returns tensors
+    on `device`, the device the network runs on: the store lives there when it fits, else on
+    the CPU (or memory-mapped on disk), and each batch is copied over.
+    """
+
+    def __init__(self, net: nn.Module, names: list[str], store: dict[str, np.ndarray | torch.Tensor],
+                 rows: torch.Tensor | None = None, device: torch.device | str = "cpu"):
         self.net = net
         self.names = names
         self.store = store
+        n = len(next(iter(store.values()))) if store else 0
+        self.rows = torch.arange(n) if rows is None else rows
+        self.device = torch.device(device)
+
+    def __len__(self) -> int:
+        """Samples held (all of them, or this rank's shard)."""
+        return int((self.rows >= 0).sum())
 
     @classmethod
     def build(cls, net: nn.Module, sites: list[str], dataset, batch_size: int = 32,
-              folder: str | os.PathLike | None = None) -> LatentCache:
+              folder: str | os.PathLike | None = None, device: torch.device | str | None = None,
+              indices: Sequence[int] | None = None) -> LatentCache:
         """Run the frozen net once over `dataset` (perturbers off) and record the cacheable outputs.
 
-        `folder` set: memory-mapped .npy files there (for data sets larger than memory)."""
+        `folder` set: memory-mapped .npy files there (for data sets larger than memory).
+        `device`: where `lookup` delivers (default: where `net` lives). `indices`: cache only these
+        dataset indices (one rank's shard, `distributed.shard_indices`); others cannot be looked up.
+        """
+        dev = module_device(net) if device is None else torch.device(device)
+        n_total = len(dataset)
+        rows = torch.full((n_total,), -1, dtype=torch.long)
+        if indices is None:
+            rows = torch.arange(n_total)
+        else:
+            indices = sorted(int(i) for i in indices)
+            rows[torch.as_tensor(indices, dtype=torch.long)] = torch.arange(len(indices))
+            dataset = Subset(dataset, indices)
         # a private generator: iterating a loader must not consume the global RNG (cached == uncached)
-        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, generator=torch.Generator())
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, generator=torch.Generator(),
+                            pin_memory=dev.type == "cuda")
         was = net.training
         net.eval()  # the cache is only valid for the frozen model in eval mode (BatchNorm running stats)
         try:
-            return cls._build(net, sites, loader, len(dataset), folder)
+            return cls._build(net, sites, loader, len(dataset), folder, rows, dev)
         finally:
             net.train(was)
 
     @classmethod
-    def _build(cls, net: nn.Module, sites: list[str], loader: DataLoader, n_total: int,
-               folder: str | os.PathLike | None) -> LatentCache:
-        first = next(iter(loader))
+    def _build(cls, net: nn.Module, sites: list[str], loader: DataLoader, n_held: int,
+               folder: str | os.PathLike | None, rows: torch.Tensor, dev: torch.device) -> LatentCache:
+        first = to_device(next(iter(loader)), dev)
         names = cacheable_modules(net, sites, first)
         if not names:
             raise ValueError(f"nothing before sites {sites} can be cached")
@@ -103,39 +134,49 @@ class LatentCache:
         outs: dict[str, torch.Tensor] = {}
         handles = [find_module(net, n).register_forward_hook(
             lambda _m, _i, o, n=n: outs.__setitem__(n, o.detach())) for n in names]
+        home: torch.device | None = None  # where the in-memory store lives
         try:
             with torch.no_grad():
                 for batch in loader:
-                    segment(net, batch)
-                    idx = batch["index"].numpy()
+                    segment(net, to_device(batch, dev))
+                    pos = rows[batch["index"].cpu()]
+                    if home is None:
+                        home = _home(dev, n_held, [outs[n] for n in names]) if folder is None else None
                     for n in names:
                         o = outs[n]
                         if n not in store:
-                            shape = (n_total, *o.shape[1:])
+                            shape = (n_held, *o.shape[1:])
                             if folder is None:
-                                store[n] = torch.empty(shape, dtype=o.dtype)
+                                store[n] = torch.empty(shape, dtype=o.dtype, device=home)
                             else:
                                 Path(folder).mkdir(parents=True, exist_ok=True)
                                 store[n] = np.lib.format.open_memmap(
                                     Path(folder) / f"{n}.npy", mode="w+", dtype=np.float32, shape=shape)
                         if isinstance(store[n], torch.Tensor):
-                            store[n][idx] = o
+                            store[n][pos.to(home)] = o.to(home)
                         else:
-                            store[n][idx] = o.float().numpy()
+                            store[n][pos.numpy()] = o.float().cpu().numpy()
         finally:
             for h in handles:
                 h.remove()
-        return cls(net, names, store)
+        return cls(net, names, store, rows, dev)
 
     def nbytes(self) -> int:
         return int(sum(v.nbytes if isinstance(v, np.ndarray) else v.numel() * v.element_size()
                        for v in self.store.values()))
 
     def lookup(self, name: str, idx: torch.Tensor) -> torch.Tensor:
+        """The cached output of module `name` for dataset indices `idx`, on the network's device."""
+        pos = self.rows[idx.cpu()]
+        if bool((pos < 0).any()):
+            missing = idx.cpu()[pos < 0].tolist()[:5]
+            raise KeyError(f"latent cache: samples {missing} are not held by this process (another rank's shard)")
         v = self.store[name]
         if isinstance(v, torch.Tensor):
-            return v[idx]
-        return torch.from_numpy(np.ascontiguousarray(v[idx.numpy()]))
+            out = v[pos.to(v.device)]
+        else:
+            out = torch.from_numpy(np.ascontiguousarray(v[pos.numpy()]))
+        return out.to(self.device, non_blocking=True)
 
     @contextmanager
     def replay(self, idx: torch.Tensor) -> Iterator[None]:
@@ -148,3 +189,13 @@ class LatentCache:
         finally:
             for m in mods:
                 m.__dict__.pop("forward", None)
+
+
+def _home(dev: torch.device, n_held: int, first: list[torch.Tensor]) -> torch.device:
+    """Keep the in-memory store on the GPU when it takes at most half of the GPU's free memory
+    (no copy per batch); otherwise on the CPU, and `lookup` copies each batch over."""
+    if dev.type != "cuda":
+        return torch.device("cpu")
+    per_sample = sum(o[0].numel() * o.element_size() for o in first)
+    free, _total = torch.cuda.mem_get_info(dev)
+    return dev if per_sample * n_held <= 0.5 * free else torch.device("cpu")

@@ -13,6 +13,7 @@ from applefair.errors import InputError
 
 CACHE_MODES = ("auto", "memory", "disk", "off")
 SELECTIONS = ("es_dice", "last")
+PRECISIONS = ("auto", "fp32", "bf16")  # fp16 would need a loss scaler per player of the game
 
 
 @dataclass
@@ -58,12 +59,17 @@ class AppleConfig:
     patience: int = 0  # epochs without a better selected score before stopping (0: never)
     # latent cache: auto = in memory unless `augment`
     cache: str = "auto"
+    # 0: every process caches the whole training split (N processes == 1 process); K > 0: the
+    # shard-stratified batch order over K shards, each of N processes caches only its 1/N (K % N == 0)
+    cache_shards: int = 0
     augment: bool = False  # random horizontal flips (disables the cache)
+    # autocast of the game's forward passes: auto = bf16 on GPUs that have it, else fp32 (the CPU)
+    precision: str = "auto"
     seed: int = 0
 
     def __post_init__(self) -> None:
         checks = {"perturber": KINDS, "objective": OBJECTIVES, "d_pooling": POOLS, "cache": CACHE_MODES,
-                  "selection": SELECTIONS}
+                  "selection": SELECTIONS, "precision": PRECISIONS}
         for key, allowed in checks.items():
             if getattr(self, key) not in allowed:
                 raise InputError(f"apple config: {key}='{getattr(self, key)}' (expected one of: {', '.join(allowed)})")

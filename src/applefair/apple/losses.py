@@ -131,7 +131,7 @@ def balanced_weights(groups: torch.Tensor, group_freq: torch.Tensor) -> torch.Te
 
     Every group then weighs the same in L_seg, as with group-balanced sampling."""
     k = len(group_freq)
-    w = torch.ones(len(groups), dtype=torch.float32)
+    w = torch.ones(len(groups), dtype=torch.float32, device=group_freq.device)
     known = groups >= 0
     w[known] = 1.0 / (k * group_freq[groups[known]].clamp_min(1e-6))
     return w / w.mean()

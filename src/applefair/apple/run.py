@@ -80,8 +80,12 @@ def _prepare_out(out: Path, model: Path, resume: bool, overwrite: bool) -> None:
 
 def run_mitigation(data: str | os.PathLike, model: str | os.PathLike, out: str | os.PathLike,
                    groups: GroupSpec, cfg: AppleConfig, method: str = "apple", method_options: dict | None = None,
-                   resume: bool = False, overwrite: bool = False, export: bool = False, quiet: bool = False) -> dict:
-    """Mitigate the deployed model in folder `model` on manifest `data`; returns the run summary."""
+                   resume: bool = False, overwrite: bool = False, export: bool = False, quiet: bool = False,
+                   device: str = "auto") -> dict:
+    """Mitigate the deployed model in folder `model` on manifest `data`; returns the run summary.
+
+    `device`: auto, cpu, cuda or cuda:N; the deployed model, the perturbers and the discriminator
+    (or the baseline's models) all train and evaluate there."""
     from applefair.models.registry import load_model_dir
 
     out, model = Path(out), Path(model)
@@ -89,6 +93,7 @@ def run_mitigation(data: str | os.PathLike, model: str | os.PathLike, out: str |
     frame = load_dataset(data)
     groups.fit(frame)
     net, spec = load_model_dir(model)
+    net.to(distributed.resolve_device(device))
     for site in cfg.sites:  # an unknown site is bad input: say so before anything is written
         find_module(net, site)
     created = not out.exists() or (not resume and overwrite)
@@ -118,6 +123,7 @@ def _run(frame, net, spec, model: Path, out: Path, groups: GroupSpec, cfg: Apple
     model_hash, weights_hash = folder_hash(model), state_dict_hash(net)
     config = {"command": "mitigate", "argv": sys.argv, "applefair": applefair.__version__, "torch": torch.__version__,
               "method": method, "model": str(model), "model_name": spec.name, "site": cfg.sites or [spec.site],
+              "device": str(next(net.parameters()).device),
               "groups": groups.to_dict(), "apple": cfg.to_dict(), "method_options": method_options,
               "run": run_info()}
     write_yaml(out / "config.yaml", config)
@@ -175,6 +181,7 @@ def _export(patched, dataset: SegmentationDataset, out: Path) -> dict:
     from applefair.apple.export import check_export, export_onnx, export_torchscript
 
     example = torch.stack([dataset[i]["image"] for i in range(min(2, len(dataset)))])
+    patched = patched.cpu()  # exported files are CPU artefacts, portable to any runtime
     ts = export_torchscript(patched, example, out / "mitigated.torchscript.pt")
     info: dict = {"torchscript": ts.name}
     try:

@@ -48,6 +48,7 @@ from applefair.models.registry import segment
 from applefair.models.train import augment_batch
 from applefair.progress import progress_bar
 from applefair.seeding import seed_everything
+from applefair.speed import Precision, module_device, supports_bf16, to_device
 
 log = logging.getLogger("applefair")
 CHECKPOINT = "checkpoint.safetensors"
@@ -68,7 +69,7 @@ def evaluate_patched(patched: PatchedSegmentor, dataset: SegmentationDataset, gr
 
     def collect(lat: dict) -> None:
         for s in patched.sites:
-            feats[s].append(pool(lat[s][1].detach()).float())
+            feats[s].append(pool(lat[s][1].detach()).float().cpu())
 
     patched.on_latents = collect
     try:
@@ -88,16 +89,18 @@ def _example_batch(dataset: SegmentationDataset, n: int = 2) -> dict:
 
 def _build(net: nn.Module, sites: list[str], train: SegmentationDataset, groups: GroupSpec, cfg: AppleConfig
            ) -> tuple[PatchedSegmentor, Discriminator]:
-    example = _example_batch(train)
+    """Perturbers and discriminator, sized from one example batch, on the device the net lives on."""
+    dev = module_device(net)
+    example = to_device(_example_batch(train), dev)
     extra = {"global_branch": cfg.global_branch}
     if cfg.perturber == "unet":
         extra["num_res_blocks"] = cfg.res_blocks
     perturbers = perturbers_for(net, sites, example, cfg.width, cfg.perturber, **extra)
     shapes = latent_shapes(net, sites, example)
-    patched = PatchedSegmentor(net, perturbers)
+    patched = PatchedSegmentor(net, {s: p.to(dev) for s, p in perturbers.items()})
     disc = Discriminator([latent_channels(shapes[s]) for s in sites], groups.num_groups, hidden=cfg.d_hidden,
                          dropout=cfg.d_dropout, spectral_norm=cfg.d_spectral_norm, pooling=cfg.d_pooling)
-    return patched, disc
+    return patched, disc.to(dev)
 
 
 def _clip(params, max_norm: float) -> None:
@@ -113,6 +116,7 @@ def train_apple(net: nn.Module, default_site: str, train: SegmentationDataset, v
 
     Returns the patched model (selected epoch; epoch 0 is the unchanged model), the per-epoch
     history, and a check dict (hash of the frozen weights before/after, selected epoch, ...).
+    Everything runs on the device `net` lives on (move it there first).
     With `run_dir`, a checkpoint is written there after every epoch; `resume` continues from it.
     """
     gen = seed_everything(cfg.seed)
@@ -123,20 +127,23 @@ def train_apple(net: nn.Module, default_site: str, train: SegmentationDataset, v
     # with one process both calls return the modules unchanged
     distributed.wrap_children(patched.perturbers)
     disc_step = distributed.wrap(disc)
+    amp = _precision(cfg.precision, module_device(net))
     opt_g = torch.optim.Adam(patched.perturbers.parameters(), lr=cfg.lr_g)
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr_d, betas=(0.5, 0.999))
     seg_loss = SegLoss(head)
     known = train.group_ids[train.group_ids >= 0]
-    freq = torch.tensor(np.bincount(known, minlength=groups.num_groups) / max(len(known), 1), dtype=torch.float32)
+    freq = torch.tensor(np.bincount(known, minlength=groups.num_groups) / max(len(known), 1), dtype=torch.float32,
+                        device=module_device(net))
     loader = distributed.make_loader(train, cfg.batch_size, shuffle=True, generator=gen,
-                                     drop_last=len(train) > cfg.batch_size)
+                                     drop_last=len(train) > cfg.batch_size, shards=cfg.cache_shards)
 
     cache = None
     if cfg.cache != "off" and not cfg.augment:
         folder = Path(run_dir) / "latent_cache" if (cfg.cache == "disk" and run_dir) else None
         patched.enabled = False
         try:
-            cache = LatentCache.build(net, sites, train, folder=folder)
+            cache = LatentCache.build(net, sites, train, folder=folder,  # sharded: this rank's samples only
+                                      indices=distributed.shard_indices(len(train)) if cfg.cache_shards else None)
         except ValueError:
             if cfg.cache != "auto":
                 raise
@@ -172,7 +179,7 @@ def train_apple(net: nn.Module, default_site: str, train: SegmentationDataset, v
         for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
             if state["stopped"]:
                 break
-            row = _epoch(epoch, patched, disc_step, loader, cache, seg_loss, opt_g, opt_d, freq, gen, cfg, sites)
+            row = _epoch(epoch, patched, disc_step, loader, cache, seg_loss, opt_g, opt_d, freq, gen, cfg, sites, amp)
             summary, auc, _ = evaluate_patched(patched, val, groups, cfg.seed)
             row.update(val_dice=summary["overall"]["dice"], val_es_dice=_selection_score(summary),
                        val_gap=summary["fairness"].get("dice_delta", float("nan")), probe_auc=auc)
@@ -206,9 +213,17 @@ def train_apple(net: nn.Module, default_site: str, train: SegmentationDataset, v
     return patched, state["history"], check
 
 
+def _precision(name: str, dev: torch.device) -> Precision:
+    """bf16 autocast on GPUs that have it ('auto'), else fp32; never fp16, whose loss scaling would
+    have to be shared by two optimisers playing against each other."""
+    if name == "auto":
+        name = "bf16" if dev.type == "cuda" and supports_bf16(dev) else "fp32"
+    return Precision.resolve(name, dev)
+
+
 def _epoch(epoch: int, patched: PatchedSegmentor, disc: Discriminator, loader: DataLoader,
            cache: LatentCache | None, seg_loss: SegLoss, opt_g, opt_d, freq: torch.Tensor,
-           gen: torch.Generator, cfg: AppleConfig, sites: list[str]) -> dict:
+           gen: torch.Generator, cfg: AppleConfig, sites: list[str], amp: Precision) -> dict:
     """One epoch of the game; returns the epoch's mean training statistics."""
     warm = epoch <= cfg.d_warmup
     factor = 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / cfg.epochs)) if cfg.cosine else 1.0
@@ -219,19 +234,23 @@ def _epoch(epoch: int, patched: PatchedSegmentor, disc: Discriminator, loader: D
     disc.train()
     sums = {"l_seg": 0.0, "l_d": 0.0, "d_acc": 0.0, "d_entropy": 0.0, "pert_norm": 0.0}
     seen = 0
+    dev = freq.device
     for batch in loader:
-        a = batch["group"]
-        if cfg.augment:
+        if cfg.augment:  # on the CPU, where the generator lives
             x, y = augment_batch(batch["image"], batch["mask"], gen)
             batch = {**batch, "image": x, "mask": y}
-        ctx = cache.replay(batch["index"]) if cache is not None else contextlib.nullcontext()
-        with ctx, (torch.no_grad() if warm else contextlib.nullcontext()):
-            logits = segment(patched, batch)
+        index = batch["index"]  # the cache is indexed on the CPU
+        batch = to_device(batch, dev)
+        a = batch["group"]
+        ctx = cache.replay(index) if cache is not None else contextlib.nullcontext()
+        with ctx, (torch.no_grad() if warm else contextlib.nullcontext()), amp.autocast():
+            logits = segment(patched, batch).float()
         latents = [patched.latents[s][1] for s in sites]
-        l_d = torch.zeros(())
+        l_d = torch.zeros((), device=dev)
         if warm or cfg.objective != "grl":
             for _ in range(cfg.n_d):
-                d_logits = disc([f.detach() for f in latents])
+                with amp.autocast():
+                    d_logits = disc([f.detach() for f in latents]).float()
                 l_d = known_ce(d_logits, a, cfg.d_label_smoothing)
                 opt_d.zero_grad(set_to_none=True)
                 l_d.backward()
@@ -240,15 +259,17 @@ def _epoch(epoch: int, patched: PatchedSegmentor, disc: Discriminator, loader: D
         per_sample = seg_loss(logits, batch["mask"])
         weights = balanced_weights(a, freq) if cfg.balanced_seg else torch.ones_like(per_sample)
         l_seg = (per_sample * weights).mean()
-        pert = sum((fp - fo).pow(2).mean() for fo, fp in patched.latents.values()) / len(sites)
+        pert = sum((fp.float() - fo.float()).pow(2).mean() for fo, fp in patched.latents.values()) / len(sites)
         if warm:
             d_logits = d_logits.detach()
         else:
             if cfg.objective == "grl":
-                d_logits = disc([grad_reverse(f, cfg.alpha) for f in latents])
+                with amp.autocast():
+                    d_logits = disc([grad_reverse(f, cfg.alpha) for f in latents]).float()
                 l_d = known_ce(d_logits, a, cfg.d_label_smoothing)
             else:
-                d_logits = disc(latents)
+                with amp.autocast():
+                    d_logits = disc(latents).float()
             l_g = l_seg + adversarial_term(cfg.objective, d_logits, a, cfg.alpha, cfg.beta)
             if cfg.lam:
                 l_g = l_g + cfg.lam * pert

@@ -15,6 +15,7 @@ import torch
 from monai.losses import DiceCELoss
 from torch import nn
 
+from applefair import distributed
 from applefair.apple.discriminator import Discriminator
 from applefair.apple.losses import grad_reverse, known_ce
 from applefair.baselines.base import (
@@ -31,6 +32,7 @@ from applefair.data.groups import GroupSpec
 from applefair.data.manifest import SegmentationDataset
 from applefair.models.registry import ModelSpec, segment
 from applefair.models.sites import find_module
+from applefair.speed import module_device, to_device
 
 
 class Adversarial(Method):
@@ -42,28 +44,32 @@ class Adversarial(Method):
             groups: GroupSpec, budget: Budget, options: Mapping | None = None, quiet: bool = False) -> FitResult:
         opts = self.options(options)
         model = start_copy(net)
+        dev = module_device(model)
         site = find_module(model, spec.site)
         captured: dict[str, torch.Tensor] = {}
         handle = site.register_forward_hook(lambda _m, _i, out: captured.__setitem__("f", out))
         with torch.no_grad():
             was = model.training
             model.eval()
-            segment(model, {k: (v[:2] if torch.is_tensor(v) else v) for k, v in _first_batch(train).items()})
+            segment(model, to_device({k: (v[:2] if torch.is_tensor(v) else v)
+                                      for k, v in _first_batch(train).items()}, dev))
             model.train(was)
-        head = Discriminator(captured["f"].shape[1], groups.num_groups, hidden=int(opts["hidden"]))
+        head = Discriminator(captured["f"].shape[1], groups.num_groups, hidden=int(opts["hidden"])).to(dev)
+        head_step = distributed.wrap(head)  # DDP under torchrun: the head's gradients are averaged too
         loss_fn = DiceCELoss(sigmoid=True)
 
-        def step(batch: dict) -> torch.Tensor:
-            logits = segment(model, batch)
-            adv = known_ce(head(grad_reverse(captured["f"], opts["grl_scale"])), batch["group"])
+        def step(batch: dict, fwd: nn.Module) -> torch.Tensor:
+            logits = segment(fwd, batch)
+            adv = known_ce(head_step(grad_reverse(captured["f"], opts["grl_scale"])), batch["group"])
             return loss_fn(logits, batch["mask"]) + opts["weight"] * adv
 
         try:
             with Timer() as t:
                 history, best = finetune(model, model, train, val, groups, budget, step, "adversarial retrain",
-                                         quiet, extra_params=head.parameters(), train_modules=[head])
+                                         quiet, extra_params=head.parameters(), train_modules=[head_step])
         finally:
             handle.remove()
+            distributed.unwrap(head_step)
         return FitResult(model=model, trainable_params=count_trainable(model), seconds=t.seconds,
                          history=history, frozen=False, latent_module=site, selected_epoch=best,
                          extra={"head_params": count_params(head.parameters())})

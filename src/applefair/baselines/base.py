@@ -10,6 +10,12 @@ rule, so that differences between methods come from the methods, not from the bu
 
 `fit` never changes the network it is given (methods work on a copy) and returns a model
 that predicts through `applefair.models.segment`.
+
+Device and processes: a method runs where the network it is given lives (the caller moves it
+there; every module a method creates follows it). Under torchrun, `finetune` trains the model
+in DistributedDataParallel over the global batches of `applefair.distributed.make_loader`, so
+N processes fit the same model as one (within rounding); group-aware losses reduce their
+per-group sums over the processes (see docs/distributed.md).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
+from applefair import distributed
 from applefair.data.groups import GroupSpec
 from applefair.data.manifest import SegmentationDataset
 from applefair.errors import InputError
@@ -34,6 +41,7 @@ from applefair.models.registry import ModelSpec
 from applefair.models.train import augment_batch
 from applefair.progress import progress_bar
 from applefair.seeding import seed_everything
+from applefair.speed import module_device, to_device
 
 log = logging.getLogger("applefair")
 
@@ -49,6 +57,7 @@ class Budget:
     augment: bool = True
     seed: int = 0
     tolerance: float = 0.01  # selection: val Dice may fall at most this below the starting model's
+    optimizer: str = "adamw"  # adamw | sgd (momentum 0.9)
 
     @classmethod
     def from_dict(cls, d: Mapping | None, where: str = "budget") -> Budget:
@@ -60,6 +69,8 @@ class Budget:
         out = cls(**d)
         if out.epochs < 0 or out.batch_size < 1 or out.lr <= 0:
             raise InputError(f"{where}: epochs must be >= 0, batch_size >= 1 and lr > 0 (got {d})")
+        if out.optimizer not in ("adamw", "sgd"):
+            raise InputError(f"{where}: optimizer='{out.optimizer}' (expected adamw or sgd)")
         return out
 
 
@@ -121,49 +132,77 @@ def validate(model: nn.Module, val: SegmentationDataset, groups: GroupSpec) -> d
 
 def make_loader(data: SegmentationDataset, budget: Budget, gen: torch.Generator,
                 sampler: Sampler | None = None) -> DataLoader:
+    """Shuffled (or `sampler`-ordered) batches of `budget.batch_size`; under torchrun, this
+    process's share of each global batch (`applefair.distributed.make_loader`)."""
     drop = len(data) > budget.batch_size
-    if sampler is not None:
-        return DataLoader(data, batch_size=budget.batch_size, sampler=sampler, drop_last=drop)
-    return DataLoader(data, batch_size=budget.batch_size, shuffle=True, generator=gen, drop_last=drop)
+    return distributed.make_loader(data, budget.batch_size, shuffle=True, generator=gen, drop_last=drop,
+                                   sampler=sampler)
 
 
 def finetune(model: nn.Module, trainable: nn.Module, train: SegmentationDataset, val: SegmentationDataset,
-             groups: GroupSpec, budget: Budget, step: Callable[[dict], torch.Tensor], label: str,
+             groups: GroupSpec, budget: Budget, step: Callable[[dict, nn.Module], torch.Tensor], label: str,
              quiet: bool = False, sampler_fn: Callable[[torch.Generator], Sampler] | None = None,
              extra_params: Iterable[nn.Parameter] = (), train_modules: Iterable[nn.Module] = (),
              ) -> tuple[list[dict], int]:
-    """The shared loop: AdamW on `trainable` (+ `extra_params`), `budget.epochs` epochs of `step(batch)`
-    losses, flips as augmentation, and the common selection rule; `trainable` ends at its best state.
+    """The shared loop: AdamW (or SGD) on `trainable` (+ `extra_params`), `budget.epochs` epochs of
+    `step(batch, forward)` losses, flips as augmentation, and the common selection rule;
+    `trainable` ends at its best state.
 
-    `model` is what is validated (it may wrap `trainable`); `train_modules` are put in train mode
-    each epoch besides `model`. Returns (history, selected epoch).
+    `model` is what is validated (it may wrap `trainable`); `forward` is the module a step calls
+    for the forward pass (`segment(forward, batch)`): `model` itself, or under torchrun `model` in
+    DistributedDataParallel (modules a step calls besides it, e.g. a discriminator, are wrapped by
+    the method with `distributed.wrap`). Batches arrive on `model`'s device. `train_modules` are
+    put in train mode each epoch besides `model`. Returns (history, selected epoch).
     """
     gen = seed_everything(budget.seed)
+    dev = module_device(model)
     params = [p for p in trainable.parameters() if p.requires_grad] + list(extra_params)
-    opt = torch.optim.AdamW(params, lr=budget.lr, weight_decay=budget.weight_decay)
+    if budget.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=budget.lr, momentum=0.9, weight_decay=budget.weight_decay)
+    else:
+        opt = torch.optim.AdamW(params, lr=budget.lr, weight_decay=budget.weight_decay)
     loader = make_loader(train, budget, gen, sampler_fn(gen) if sampler_fn else None)
+    forward = distributed.wrap(model)  # DDP when world_size > 1, else `model` itself
+    try:
+        history, best_epoch, best_state = _epochs(model, forward, trainable, loader, val, groups, budget, step,
+                                                  label, quiet, opt, gen, dev, train_modules)
+    finally:
+        distributed.unwrap(forward)
+    trainable.load_state_dict(best_state)
+    model.eval()
+    return history, best_epoch
+
+
+def _epochs(model: nn.Module, forward: nn.Module, trainable: nn.Module, loader: DataLoader,
+            val: SegmentationDataset, groups: GroupSpec, budget: Budget,
+            step: Callable[[dict, nn.Module], torch.Tensor], label: str, quiet: bool,
+            opt: torch.optim.Optimizer, gen: torch.Generator, dev: torch.device,
+            train_modules: Iterable[nn.Module]) -> tuple[list[dict], int, dict]:
+    train_modules = list(train_modules)
     start = validate(model, val, groups)
     floor = start["overall"]["dice"] - budget.tolerance
     best_score, best_epoch = selection_score(start), 0
     best_state = copy.deepcopy(trainable.state_dict())
     history = [{"epoch": 0, "val_dice": start["overall"]["dice"], "val_score": best_score}]
-    with progress_bar(quiet) as bar:
+    with progress_bar(quiet or not distributed.is_main()) as bar:
         task = bar.add_task(label, total=budget.epochs, info="")
         for epoch in range(1, budget.epochs + 1):
-            model.train()
+            forward.train()
             for m in train_modules:
                 m.train()
             total, seen = 0.0, 0
             for batch in loader:
-                if budget.augment:
+                if budget.augment:  # on the CPU, where the generator lives (every rank draws the same flips)
                     x, y = augment_batch(batch["image"], batch["mask"], gen)
                     batch = {**batch, "image": x, "mask": y}
-                loss = step(batch)
+                batch = to_device(batch, dev)
+                loss = step(batch, forward)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 total += float(loss.detach()) * len(batch["image"])
                 seen += len(batch["image"])
+            total, seen = distributed.all_reduce_sum(total), distributed.all_reduce_sum(float(seen))
             summary = validate(model, val, groups)
             row = {"epoch": epoch, "loss": total / max(seen, 1), "val_dice": summary["overall"]["dice"],
                    "val_score": selection_score(summary)}
@@ -173,9 +212,7 @@ def finetune(model: nn.Module, trainable: nn.Module, train: SegmentationDataset,
                 best_score, best_epoch = row["val_score"], epoch
                 best_state = copy.deepcopy(trainable.state_dict())
             bar.update(task, advance=1, info=f"loss {row['loss']:.3f} val Dice {row['val_dice']:.3f}")
-    trainable.load_state_dict(best_state)
-    model.eval()
-    return history, best_epoch
+    return history, best_epoch, best_state
 
 
 class Timer:

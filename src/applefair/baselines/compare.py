@@ -30,12 +30,13 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from applefair import distributed
 from applefair.baselines import get_method
 from applefair.baselines.base import Budget, FitResult
 from applefair.baselines.settings import CompareSettings, DatasetSpec, SegmentorSpec
 from applefair.data.groups import GroupSpec
 from applefair.data.manifest import SegmentationDataset, read_manifest
-from applefair.errors import InputError
+from applefair.errors import InputError, OutputError
 from applefair.io import staged_dir, state_dict_hash, write_csv, write_json, write_yaml
 from applefair.metrics.evaluate import predict_scores
 from applefair.metrics.fairness import fairness_summary
@@ -45,6 +46,7 @@ from applefair.models.sites import find_module
 from applefair.models.train import TrainConfig, train_segmentor
 from applefair.report import write_reports
 from applefair.runinfo import run_info
+from applefair.speed import resolve_device
 
 log = logging.getLogger("applefair")
 DEPLOYED = "deployed"
@@ -69,7 +71,13 @@ def cell_key(settings: CompareSettings, ds: DatasetSpec, seg: SegmentorSpec, met
 
 
 def read_result(path: Path) -> dict | None:
-    return read_json_or_none(path / "result.json")
+    """A cell's record; None when missing or unreadable, and for a 'done' cell whose scores are gone
+    (a damaged cell is redone, never taken as finished)."""
+    record = read_json_or_none(path / "result.json")
+    if record is not None and record.get("status") == "done":
+        if read_json_or_none(path / "metrics.json") is None or not (path / "per_sample.csv").is_file():
+            return None
+    return record
 
 
 def read_json_or_none(f: Path) -> dict | None:
@@ -106,7 +114,8 @@ def prepare_dataset(ds: DatasetSpec, root: Path, out: Path) -> tuple[pd.DataFram
 
 
 def deployed_model(settings: CompareSettings, seg: SegmentorSpec, split: Mapping[str, SegmentationDataset],
-                   groups: GroupSpec, folder: Path, seed: int, quiet: bool, key: str = ""):
+                   groups: GroupSpec, folder: Path, seed: int, quiet: bool, key: str = "",
+                   device: torch.device | str = "cpu"):
     """Load the deployed model of this (dataset, segmentor, seed), training it by ERM first if needed
     (or again, if it was trained under other settings)."""
     info = read_json_or_none(folder / "train.json")
@@ -114,7 +123,7 @@ def deployed_model(settings: CompareSettings, seg: SegmentorSpec, split: Mapping
         net, spec = create_segmentor(seg.name, tiny=seg.tiny, seed=seed, **seg.args)
         d = settings.deploy
         cfg = TrainConfig(epochs=d.epochs, batch_size=d.batch_size, lr=d.lr, weight_decay=d.weight_decay,
-                          seed=seed, augment=d.augment)
+                          seed=seed, augment=d.augment, device=str(device))
         started = time.perf_counter()
         train_segmentor(net, split["train"], split["val"], groups, cfg, quiet=quiet)
         with staged_dir(folder, overwrite=True) as stage:
@@ -122,7 +131,7 @@ def deployed_model(settings: CompareSettings, seg: SegmentorSpec, split: Mapping
             write_json(stage / "train.json", {"seconds": time.perf_counter() - started, "config": d.model_dump(),
                                               "seed": seed, "key": key})
     net, spec = load_model_dir(folder)
-    return net.eval(), spec
+    return net.to(device).eval(), spec
 
 
 @torch.no_grad()
@@ -132,7 +141,8 @@ def evaluate(model: torch.nn.Module, latent_module: torch.nn.Module | None, test
     feats: list[torch.Tensor] = []
     handle = None
     if leakage and latent_module is not None:
-        handle = latent_module.register_forward_hook(lambda _m, _i, o: feats.append(pool_latent(o.detach().float())))
+        handle = latent_module.register_forward_hook(
+            lambda _m, _i, o: feats.append(pool_latent(o.detach().float()).cpu()))
     try:
         scores = predict_scores(model, test, groups)
     finally:
@@ -202,18 +212,46 @@ def plan(settings: CompareSettings, only: Mapping[str, list] | None = None) -> l
 
 
 def run_compare(settings: CompareSettings, root: Path, out: str | os.PathLike, only: Mapping[str, list] | None = None,
-                time_limit_min: float | None = None, quiet: bool = False, table_every_s: float = 60.0) -> dict:
+                time_limit_min: float | None = None, quiet: bool = False, table_every_s: float = 60.0,
+                device: str = "auto", jobs: int = 1) -> dict:
     """Run (or resume) the comparison into `out`; returns counts of cells run / skipped / failed / left.
 
     The tables are rewritten at most every `table_every_s` seconds while running, and at the end.
+    Every model trains and evaluates on `device` (auto, cpu, cuda, cuda:N); a cell's key does not
+    depend on it, so a run may resume on another device (each result records where it ran).
+    `jobs` > 1 runs the (seed, dataset, segmentor) blocks in that many worker processes.
     """
     from applefair.baselines.table import write_tables
 
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
+    if jobs < 1:
+        raise InputError(f"--jobs {jobs}: expected 1 or more worker processes")
+    if distributed.launched_world_size() > 1:
+        raise InputError("compare runs whole cells per process: use --jobs N instead of torchrun "
+                         "(torchrun is for one long training: train or mitigate)")
+    dev = resolve_device(device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_yaml(out / "config.yaml", {**settings.model_dump(), "run": run_info()})
-    started = time.time()
+    write_yaml(out / "config.yaml", {**settings.model_dump(), "run": {**run_info(), "device": str(dev), "jobs": jobs}})
+    deadline = None if time_limit_min is None else time.time() + 60 * time_limit_min
+    if jobs > 1:
+        from applefair.baselines.jobs import run_blocks
+
+        counts = run_blocks(settings, root, out, only, deadline, quiet, str(dev), jobs)
+    else:
+        torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
+        counts = run_cells(settings, root, out, only, deadline, quiet, dev, table_every_s)
+    write_tables(settings, out)
+    write_reports(out)  # report.html / report.md with the trade-off plot across methods
+    return counts
+
+
+def run_cells(settings: CompareSettings, root: Path, out: Path, only: Mapping[str, list] | None,
+              deadline: float | None, quiet: bool, dev: torch.device, table_every_s: float | None = None) -> dict:
+    """The cells of `plan(settings, only)` in this process; cells not started by `deadline` are left.
+
+    `table_every_s`: rewrite the tables at most that often (None: never; the caller writes them)."""
+    from applefair.baselines.table import write_tables
+
     counts = {"run": 0, "skipped": 0, "failed": 0, "left": 0}
     cache: dict = {}
     deploy_errors: dict[tuple, str] = {}  # a deployed model that failed once is not retried for every method
@@ -225,7 +263,7 @@ def run_compare(settings: CompareSettings, root: Path, out: str | os.PathLike, o
         if old and old.get("status") == "done" and old.get("key") == key:
             counts["skipped"] += 1
             continue
-        if time_limit_min is not None and time.time() - started > 60 * time_limit_min:
+        if deadline is not None and time.time() > deadline:
             counts["left"] += 1
             continue
         if ds.name not in cache:
@@ -233,7 +271,7 @@ def run_compare(settings: CompareSettings, root: Path, out: str | os.PathLike, o
             cache = {ds.name: (groups, {s: SegmentationDataset(frame, groups, s) for s in ("train", "val", "test")})}
         groups, split = cache[ds.name]
         record = {"dataset": ds.name, "segmentor": seg.key, "method": method, "seed": seed, "key": key,
-                  "groups": groups.to_dict()}
+                  "groups": groups.to_dict(), "device": str(dev)}
         log.info("cell %s/%s/%s/seed%d", ds.name, seg.key, method, seed)
         t0 = time.time()
         try:
@@ -242,7 +280,8 @@ def run_compare(settings: CompareSettings, root: Path, out: str | os.PathLike, o
             where = out / "deployed" / ds.name / seg.key / f"seed{seed}"
             try:
                 net, spec = deployed_model(settings, seg, split, groups, where, seed, quiet, cell_key(settings, ds, seg,
-                                                                                                   DEPLOYED, seed))
+                                                                                                   DEPLOYED, seed),
+                                             device=dev)
             except InputError:
                 raise
             except Exception as exc:
@@ -252,16 +291,14 @@ def run_compare(settings: CompareSettings, root: Path, out: str | os.PathLike, o
             write_cell(folder, {**record, "status": "done", **res, "wall_seconds": time.time() - t0},
                        scores, summary, history)
             counts["run"] += 1
-        except InputError:
+        except (InputError, OutputError):  # bad input, or a full / read-only disk: stop, the next cell would fail too
             raise
         except Exception as exc:  # a failing method must not stop the other cells; the table says it failed
             log.error("cell %s failed: %s", folder, exc)
             write_cell(folder, {**record, "status": "failed", "error": f"{type(exc).__name__}: {str(exc).strip()}",
                                 "traceback": traceback.format_exc(limit=8)})
             counts["failed"] += 1
-        if time.time() - last_table > table_every_s:
+        if table_every_s is not None and time.time() - last_table > table_every_s:
             write_tables(settings, out)
             last_table = time.time()
-    write_tables(settings, out)
-    write_reports(out)  # report.html / report.md with the trade-off plot across methods
     return counts

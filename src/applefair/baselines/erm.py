@@ -38,7 +38,7 @@ class ERM(Method):
         loss_fn = DiceCELoss(sigmoid=True)
         with Timer() as t:
             history, best = finetune(model, model, train, val, groups, budget,
-                                     lambda b: loss_fn(segment(model, b), b["mask"]), "erm fine-tune", quiet)
+                                     lambda b, fwd: loss_fn(segment(fwd, b), b["mask"]), "erm fine-tune", quiet)
         return FitResult(model=model, trainable_params=count_trainable(model), seconds=t.seconds,
                          history=history, frozen=False, latent_module=find_module(model, spec.site),
                          selected_epoch=best)

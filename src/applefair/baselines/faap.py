@@ -21,6 +21,7 @@ import torch
 from monai.losses import DiceCELoss
 from torch import nn
 
+from applefair import distributed
 from applefair.apple.discriminator import Discriminator
 from applefair.apple.losses import known_ce, known_entropy
 from applefair.apple.patch import freeze
@@ -31,6 +32,7 @@ from applefair.data.manifest import SegmentationDataset
 from applefair.io import state_dict_hash
 from applefair.models.registry import ModelSpec, segment
 from applefair.models.sites import find_module
+from applefair.speed import module_device
 
 
 class InputPerturbedSegmentor(nn.Module):
@@ -67,35 +69,38 @@ class FAAP(Method):
         opts = self.options(options)
         deployed_hash = state_dict_hash(net)
         channels = train[0]["image"].shape[0]
-        model = InputPerturbedSegmentor(copy.deepcopy(net), Perturber(channels, width=int(opts["width"])),
+        dev = module_device(net)
+        model = InputPerturbedSegmentor(copy.deepcopy(net), Perturber(channels, width=int(opts["width"])).to(dev),
                                         opts["eps"])
         site = find_module(model.net, spec.site)
         captured: dict[str, torch.Tensor] = {}
         handle = site.register_forward_hook(lambda _m, _i, out: captured.__setitem__("f", out))
         with torch.no_grad():
             model.eval()
-            model(train[0]["image"][None])
-        disc = Discriminator(captured["f"].shape[1], groups.num_groups, hidden=int(opts["hidden"]))
+            model(train[0]["image"][None].to(dev))
+        disc = Discriminator(captured["f"].shape[1], groups.num_groups, hidden=int(opts["hidden"])).to(dev)
+        disc_step = distributed.wrap(disc)  # DDP under torchrun
         opt_d = torch.optim.Adam(disc.parameters(), lr=opts["lr_d"])
         seg_loss = DiceCELoss(sigmoid=True)
 
-        def step(batch: dict) -> torch.Tensor:
-            logits = segment(model, batch)
+        def step(batch: dict, fwd: nn.Module) -> torch.Tensor:
+            logits = segment(fwd, batch)
             f, a = captured["f"], batch["group"]
-            l_d = known_ce(disc(f.detach()), a)
+            l_d = known_ce(disc_step(f.detach()), a)
             opt_d.zero_grad(set_to_none=True)
             l_d.backward()
             opt_d.step()
-            d_logits = disc(f)
+            d_logits = disc_step(f)
             return seg_loss(logits, batch["mask"]) - opts["alpha"] * known_ce(d_logits, a) \
                 - opts["beta"] * known_entropy(d_logits, a)
 
         try:
             with Timer() as t:
                 history, best = finetune(model, model.perturber, train, val, groups, budget, step,
-                                         "faap input perturber", quiet, train_modules=[disc])
+                                         "faap input perturber", quiet, train_modules=[disc_step])
         finally:
             handle.remove()
+            distributed.unwrap(disc_step)
         frozen = state_dict_hash(model.net) == deployed_hash
         if not frozen:
             raise RuntimeError("faap: the deployed segmentor's weights changed during training")

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from monai.losses import DiceLoss
 from torch import nn
 
+from applefair import distributed
 from applefair.baselines.base import (
     Budget,
     FitResult,
@@ -59,8 +60,10 @@ def febs_loss(logits: torch.Tensor, target: torch.Tensor, groups: torch.Tensor, 
     dice = DiceLoss(sigmoid=True, reduction="none")(logits, target).reshape(len(logits))
     known = groups >= 0
     onehot = F.one_hot(groups[known], num_groups).to(dice.dtype)
-    counts = onehot.sum(0)
-    group_losses = (onehot * dice[known, None]).sum(0) / counts.clamp(min=1)
+    # over the global batch under torchrun (w carries no gradient, so a plain sum over processes)
+    sums = distributed.all_reduce_sum(torch.cat([(onehot * dice[known, None]).sum(0), onehot.sum(0)]).detach())
+    counts = sums[num_groups:]
+    group_losses = sums[:num_groups] / counts.clamp(min=1)
     w = febs_weights(group_losses, counts > 0, gamma, naive)
     per_sample_w = torch.ones(len(logits), dtype=logits.dtype, device=logits.device)
     per_sample_w[known] = w[groups[known]].to(logits.dtype)
@@ -80,8 +83,8 @@ class FEBS(Method):
         opts = self.options(options)
         model = start_copy(net)
 
-        def step(batch: dict) -> torch.Tensor:
-            loss, _ = febs_loss(segment(model, batch), batch["mask"], batch["group"], groups.num_groups, **opts)
+        def step(batch: dict, fwd: nn.Module) -> torch.Tensor:
+            loss, _ = febs_loss(segment(fwd, batch), batch["mask"], batch["group"], groups.num_groups, **opts)
             return loss
 
         with Timer() as t:

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from applefair import distributed
 from applefair.baselines.base import (
     Budget,
     FitResult,
@@ -37,14 +38,18 @@ class GroupDROLoss:
         self.q = torch.full((num_groups,), 1.0 / num_groups, dtype=torch.float64)
 
     def group_losses(self, losses: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+        """Mean loss of each group over the global batch: under torchrun the per-group sums and
+        counts are summed over the processes (differentiably), so every rank holds the same L_g
+        and q, those of one process on the whole batch."""
         k = len(self.q)
         known = groups >= 0
         onehot = torch.nn.functional.one_hot(groups[known], k).to(losses.dtype)  # (n_known, K)
-        counts = onehot.sum(0)
-        return (onehot * losses[known, None]).sum(0) / counts.clamp(min=1)
+        sums = distributed.all_reduce_sum_grad(torch.cat([(onehot * losses[known, None]).sum(0), onehot.sum(0)]))
+        return sums[:k] / sums[k:].clamp(min=1)
 
     def __call__(self, losses: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
         g_loss = self.group_losses(losses, groups)
+        self.q = self.q.to(g_loss.device)
         with torch.no_grad():
             self.q = self.q * torch.exp(self.eta * g_loss.detach().double())
             self.q = self.q / self.q.sum()
@@ -68,8 +73,8 @@ class GroupDRO(Method):
         with Timer() as t:
             history, best = finetune(
                 model, model, train, val, groups, budget,
-                lambda b: dro(per_sample_seg_loss(segment(model, b), b["mask"]), b["group"]),
+                lambda b, fwd: dro(per_sample_seg_loss(segment(fwd, b), b["mask"]), b["group"]),
                 "groupdro fine-tune", quiet)
         return FitResult(model=model, trainable_params=count_trainable(model), seconds=t.seconds,
                          history=history, frozen=False, latent_module=find_module(model, spec.site),
-                         selected_epoch=best, extra={"q": dro.q.tolist()})
+                         selected_epoch=best, extra={"q": dro.q.cpu().tolist()})

@@ -60,7 +60,7 @@ class Resampling(Method):
 
         with Timer() as t:
             history, best = finetune(model, model, train, val, groups, budget,
-                                     lambda b: loss_fn(segment(model, b), b["mask"]), "resampling fine-tune",
+                                     lambda b, fwd: loss_fn(segment(fwd, b), b["mask"]), "resampling fine-tune",
                                      quiet, sampler_fn=sampler)
         return FitResult(model=model, trainable_params=count_trainable(model), seconds=t.seconds,
                          history=history, frozen=False, latent_module=find_module(model, spec.site),

@@ -76,7 +76,7 @@ class Subgroup(Method):
                     selected[groups.name(gid)] = 0
                     continue
                 hist, best = finetune(model, model, tr, va, groups, budget,
-                                      lambda b, m=model: loss_fn(segment(m, b), b["mask"]),
+                                      lambda b, fwd: loss_fn(segment(fwd, b), b["mask"]),
                                       f"subgroup fine-tune ({groups.name(gid)})", quiet)
                 history += [{**row, "group": groups.name(gid)} for row in hist]
                 selected[groups.name(gid)] = best

@@ -22,6 +22,9 @@ def compare(
     datasets: str = typer.Option(None, "--datasets", help="Run only these datasets now (comma list)."),
     seeds: str = typer.Option(None, "--seeds", help="Run only these seeds now (comma list)."),
     time_limit: float = typer.Option(None, "--time-limit", help="Start no new cell after this many minutes."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (auto: a GPU when there is one)."),
+    jobs: int = typer.Option(1, "--jobs", "-j", help="Worker processes, each running one (seed, dataset, "
+                                                   "segmentor) block at a time (they share the device)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Compare APPLE with the mitigation baselines on every cell of a config.
@@ -44,6 +47,9 @@ def compare(
                 "seeds": _split(seeds, int)}
     except ValueError:
         raise InputError(f"--seeds: '{seeds}' (expected a comma list of integers)") from None
+    from applefair.speed import resolve_device
+
+    resolve_device(device)  # bad --device is bad input before anything is written
     out.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(out / "compare.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
@@ -51,7 +57,7 @@ def compare(
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     try:
-        counts = run_compare(settings, root, out, only, time_limit, quiet)
+        counts = run_compare(settings, root, out, only, time_limit, quiet, device=device, jobs=jobs)
     finally:
         log.removeHandler(handler)
         handler.close()

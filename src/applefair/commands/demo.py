@@ -29,20 +29,18 @@ def demo(
 
     Example: applefair demo --quick --out runs/demo-quick
     """
-    from applefair.config import DemoSettings, resolve_device, resolve_settings
+    from applefair.config import DemoSettings, resolve_settings
     from applefair.demo import DemoConfig, run_demo
     from applefair.report.markdown import before_after_rows, verdict
+    from applefair.speed import resolve_device
 
     settings = resolve_settings(DemoSettings, config, quick=quick, seed=seed, bias=bias, device=device)
-    resolved = resolve_device(settings.device)
+    resolved = str(resolve_device(settings.device))
     names = {f.name for f in fields(DemoConfig)}
     kw = {k: v for k, v in settings.model_dump().items() if k in names and v is not None}
     if "channels" in kw:
         kw["channels"] = tuple(kw["channels"])
-    if "device" in names:
-        kw["device"] = resolved
-    elif resolved != "cpu" and not quiet:
-        out_console.print(f"note: the demo's trainers run on the CPU; device '{resolved}' is not used.")
+    kw["device"] = resolved
     cfg = DemoConfig.quick(**kw) if settings.quick else DemoConfig(**kw)
     result = run_demo(out, cfg, quiet=quiet)
     table = Table(title=f"Before vs after APPLE (test split, attribute '{result['before']['attribute']}')")

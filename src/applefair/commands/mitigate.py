@@ -30,6 +30,7 @@ def mitigate(
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
     export: bool = typer.Option(False, "--export", help="Also export the mitigated model to TorchScript and ONNX."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (auto: a GPU when there is one)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Train a fairness patch for a frozen deployed segmentor (APPLE) and evaluate it.
@@ -61,7 +62,7 @@ def mitigate(
         raise InputError("--resume is only supported for --method apple")
     spec = build_group_spec(attribute, groups)
     result = run_mitigation(data, model, out, spec, cfg, method=method, method_options=options, resume=resume,
-                            overwrite=overwrite, export=export, quiet=quiet)
+                            overwrite=overwrite, export=export, quiet=quiet, device=device)
     _print(result, method)
     out_console.print(f"Run folder: {out}" + (f"  patch: {out / 'patch.safetensors'}" if method == "apple" else ""))
 

@@ -37,20 +37,25 @@ def train(
     config: Path = typer.Option(None, "--config", help="YAML settings (keys as in `TrainSettings`, docs/models.md); "
                                                        "options given here override the file."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing output folder."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted (killed) run of --out from its "
+                                                        "last epoch's checkpoint; the same options are required."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Train the segmentor to be deployed by ERM (Dice + CE), keeping the best epoch on validation.
 
     Writes OUT/model.safetensors and OUT/model.yaml (load with applefair.models.load_model_dir),
     plus config.yaml, history.csv and run.log. With --epochs 0 and --checkpoint it only turns a
-    checkpoint into a model folder.
+    checkpoint into a model folder. The folder is built in a hidden .OUT.resume.partial next to it,
+    with a checkpoint after every epoch: after a kill, the same command with --resume continues
+    and gives the same final weights as an uninterrupted run.
 
     Example: applefair train --data runs/demo/data --model unet --tiny --epochs 5 --out runs/unet-tiny
     """
-    from applefair.config import resolve_device, resolve_settings
+    from applefair.config import resolve_settings
     from applefair.data.formats import parse_options
     from applefair.errors import InputError
     from applefair.models.fit import TrainSettings, parse_model_args, run_train
+    from applefair.speed import resolve_device
 
     settings = resolve_settings(TrainSettings, config, data=data, format=data_format, size=size, attribute=attribute,
                                 tiny=tiny, checkpoint=checkpoint, epochs=epochs, batch_size=batch_size,
@@ -66,10 +71,11 @@ def train(
         raise InputError("--data is required to train (or give --epochs 0 with --checkpoint)")
     if settings.epochs == 0 and settings.checkpoint is None:
         raise InputError("--epochs 0 only imports weights: give --checkpoint FILE")
-    cfg = settings.train_config(resolve_device(settings.device))
+    cfg = settings.train_config(str(resolve_device(settings.device)))
     result = run_train(settings.data, settings.model, out, cfg, tiny=settings.tiny, model_args=settings.args,
                        checkpoint=settings.checkpoint, data_format=settings.format, data_options=settings.options,
-                       size=settings.size, attribute=settings.attribute, overwrite=overwrite, quiet=quiet)
+                       size=settings.size, attribute=settings.attribute, overwrite=overwrite, quiet=quiet,
+                       resume=resume)
     spec = result["spec"]
     if result["history"]:
         best = max(result["history"], key=lambda h: h["val_dice"])

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 import pandas as pd
 
-from applefair.data.manifest import read_manifest
+from applefair.data.manifest import read_manifest, usable_path
 from applefair.data.readers import read_fairseg, read_fives, read_nifti, read_tusc
 from applefair.errors import InputError
 
@@ -27,7 +26,7 @@ READERS: dict[str, Callable[..., pd.DataFrame]] = {
 
 def detect_format(path: str | os.PathLike) -> str:
     """Guess the layout of `path`; InputError listing what was looked for if nothing fits."""
-    p = Path(path)
+    p = usable_path(path)
     if not p.exists():
         raise InputError(f"{p}: not found (expected a manifest CSV or a dataset folder)")
     if p.is_file():
@@ -56,6 +55,7 @@ def detect_format(path: str | os.PathLike) -> str:
 def load_dataset(path: str | os.PathLike, format: str | None = None, **options) -> pd.DataFrame:
     """Read any supported layout into the manifest contract (paths, ids, splits checked; pixels are
     checked by `validate_samples`). `options` go to the reader (see each ``read_*`` function)."""
+    usable_path(path)
     fmt = (format or "").strip().lower() or detect_format(path)
     if fmt not in READERS:
         raise InputError(f"format '{format}' is not known (expected one of: {', '.join(READERS)})")

@@ -39,7 +39,7 @@ def read_manifest(path: str | os.PathLike, image_col: str = "image", mask_col: s
     deterministic split by id. `load` holds LoadOptions (foreground, label_map, color, ...).
     Returns the manifest contract with absolute ``image_path`` / ``mask_path``.
     """
-    path = Path(path)
+    path = usable_path(path)
     if path.is_dir():
         path = path / "manifest.csv"
     if not path.is_file():
@@ -47,7 +47,7 @@ def read_manifest(path: str | os.PathLike, image_col: str = "image", mask_col: s
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise InputError(f"{path}: not a readable CSV ({exc})") from None
+        raise InputError(f"{path}: not a readable CSV ({str(exc).strip()})") from None
     wanted = [image_col, mask_col] + ([split_col] if split_col and split_fractions is None else [])
     missing = [c for c in wanted if c not in frame.columns]
     if missing:
@@ -67,6 +67,20 @@ def read_manifest(path: str | os.PathLike, image_col: str = "image", mask_col: s
     frame["image_path"] = resolve_paths(frame["image"], base, path, "image" if image_col == "image" else image_col)
     frame["mask_path"] = resolve_paths(frame["mask"], base, path, "mask" if mask_col == "mask" else mask_col)
     return finish(frame, path, load)
+
+
+def usable_path(path: str | os.PathLike) -> Path:
+    """`path` as a Path, or InputError if it is empty or the OS cannot even look it up (a name too long...)."""
+    text = str(path)
+    if not text.strip():
+        raise InputError("dataset path is empty (expected a manifest CSV or a dataset folder)")
+    p = Path(path)
+    try:
+        p.exists()
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise InputError(f"{text[:200]}: not a usable path ({reason.lower()})") from None
+    return p
 
 
 def finish(frame: pd.DataFrame, source: str | os.PathLike, load: dict | None = None,
@@ -100,11 +114,19 @@ def resolve_paths(values, root: Path, source: Path, column: str, must_exist: boo
         rel = str(rel).strip()
         if not rel:
             raise InputError(f"{source}: row {i + 2}, column {column}: empty path")
-        p = (root / rel).resolve()
-        if root != p and root not in p.parents:
-            raise InputError(f"{source}: row {i + 2}, column {column}: path '{rel}' escapes the dataset root {root}")
-        if must_exist and not p.is_file():
-            raise InputError(f"{source}: row {i + 2}, column {column}: file '{rel}' not found")
+        try:  # a NUL byte, a name too long for the file system, a loop of links: bad input, not a crash
+            p = (root / rel).resolve()
+            if root != p and root not in p.parents:
+                raise InputError(f"{source}: row {i + 2}, column {column}: path '{rel}' escapes the dataset root "
+                                 f"{root}")
+            if must_exist and not p.is_file():
+                raise InputError(f"{source}: row {i + 2}, column {column}: file '{rel}' not found")
+        except (OSError, ValueError) as exc:
+            if isinstance(exc, InputError):
+                raise
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            raise InputError(f"{source}: row {i + 2}, column {column}: path '{rel[:200]}' cannot be used "
+                             f"({reason.lower()})") from None
         if not p.name.lower().endswith(IMAGE_SUFFIXES):
             raise InputError(f"{source}: row {i + 2}, column {column}: '{rel}' is not a supported file type "
                              f"(expected one of {', '.join(IMAGE_SUFFIXES)})")

@@ -19,6 +19,16 @@ model trained on the mixture is less accurate for one group (the minority: F, or
   A model that leans on the rim finds weaker borders in the minority.
 - ``anatomy`` (shortcut-type, a shift of the anatomy distribution): the minority's lesions are
   smaller (radius x (1 - 0.45 strength)); a model fitted to the majority's sizes misjudges them.
+- ``spurious`` (shortcut-type, a group cue that is *present but misused*): the minority's scanner
+  has a mild calibration (gain ``1 - 0.2 strength``, offset ``0.2 strength``) that a model reads
+  at once but that costs no visibility. In the ``train`` split only, the minority's masks were
+  traced by another protocol: ``0.045 * size * strength`` px inside the lesion's border (the
+  core, without its margin). A model learns "minority cue -> trace inside the border", a
+  group-conditional prior that the validation and test splits (the reference protocol for
+  everyone) do not share, so it under-segments the minority at test. Everything needed is in
+  every image; a decoder that cannot read the group applies the majority's protocol to all.
+  In ``vessels`` the same cue, and the minority's training masks are traced
+  ``max(1, round(strength))`` px wider than the reference.
 - ``none``: no group effect (a control; both groups are drawn the same way).
 
 Everything is deterministic from the seed. Output follows the manifest contract:
@@ -42,11 +52,12 @@ from applefair.data import vessels
 from applefair.errors import InputError
 from applefair.io import atomic_path, write_csv
 
-BIASES = ("contrast", "gain", "artifact", "anatomy", "none")
+BIASES = ("contrast", "gain", "artifact", "anatomy", "spurious", "none")
 KINDS = ("nodules", "vessels")
 KIND_OF_BIAS = {"contrast": "difficulty", "gain": "shortcut", "artifact": "shortcut", "anatomy": "shortcut",
-                "none": "control"}
+                "spurious": "shortcut", "none": "control"}
 SPLITS = ("train", "val", "test")
+SPURIOUS_MARGIN = 0.045  # `spurious`: the minority's training masks end this far (x strength x size) inside
 
 
 @dataclass(frozen=True)
@@ -77,6 +88,8 @@ def acquisitions(bias: str, strength: float = 1.0) -> dict[str, Acquisition]:
         return {"M": Acquisition(rim=0.9 * s), "F": base}
     if bias == "anatomy":
         return {"M": base, "F": Acquisition(lesion_scale=max(0.2, 1.0 - 0.45 * s))}
+    if bias == "spurious":
+        return {"M": base, "F": Acquisition(gain=1.0 - 0.2 * s, offset=0.2 * s)}
     raise InputError(f"bias '{bias}' is not known (expected one of: {', '.join(BIASES)})")
 
 
@@ -98,6 +111,21 @@ def lesion_mask(rng: np.random.Generator, size: int, scale: float = 1.0) -> np.n
     aspect = rng.uniform(0.7, 1.0)
     dist = np.hypot((yy - cy) / aspect, xx - cx)
     return dist <= radius
+
+
+def lesion_core(mask: np.ndarray, margin: float) -> np.ndarray:
+    """The lesion without its margin: pixels deeper than `margin` x image side inside the mask."""
+    return ndimage.distance_transform_edt(mask) > margin * mask.shape[0]
+
+
+def training_mask(mask: np.ndarray, bias: str, strength: float, minority: bool, split: str, kind: str
+                  ) -> np.ndarray:
+    """The mask as the training split's annotators drew it (differs from `mask` only for `spurious`)."""
+    if bias != "spurious" or not minority or split != "train" or strength <= 0:
+        return mask
+    if kind == "nodules":
+        return lesion_core(mask, SPURIOUS_MARGIN * strength)
+    return ndimage.binary_dilation(mask, iterations=max(1, int(round(strength))))
 
 
 def render(rng: np.random.Generator, mask: np.ndarray, acq: Acquisition) -> np.ndarray:
@@ -170,6 +198,7 @@ def generate(out_dir: str | os.PathLike, n: int = 800, size: int = 96, bias: str
             img, mask = vessels.render_fundus(sample_rng, size, look)
             sid, attrs = f"ves{i:05d}", {"age": age}
         _write_png(out / "images" / f"{sid}.png", np.round(img * 255).astype(np.uint8))
+        mask = training_mask(mask, bias, strength, bool(minority[i]), splits[i], kind)
         _write_png(out / "masks" / f"{sid}.png", mask.astype(np.uint8) * 255)
         rows.append({"id": sid, "image": f"images/{sid}.png", "mask": f"masks/{sid}.png",
                      "split": splits[i], **attrs})

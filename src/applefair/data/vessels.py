@@ -19,6 +19,9 @@ minority is the older group unless said otherwise):
 - ``anatomy`` (shortcut-type, a shift of the anatomy distribution): vessels are narrower in the
   older group (arteriolar narrowing with age), so a model fitted to the majority's calibre
   under-segments them.
+- ``spurious`` (shortcut-type, a cue present but misused): the older group's camera has a mild
+  calibration (gain ``1 - 0.2 strength``, offset ``0.2 strength``); in the training split only,
+  their masks are traced wider than the reference (see `applefair.data.synthetic`).
 - ``none``: both groups drawn the same way (a control).
 """
 
@@ -57,6 +60,8 @@ def looks(bias: str, strength: float = 1.0) -> dict[str, FundusLook]:
         return {"young": FundusLook(halo=0.5 * s), "old": base}
     if bias == "anatomy":
         return {"young": base, "old": FundusLook(calibre=max(0.2, 1.0 - 0.45 * s))}
+    if bias == "spurious":
+        return {"young": base, "old": FundusLook(gain=1.0 - 0.2 * s, offset=0.2 * s)}
     raise ValueError(bias)
 
 

@@ -17,6 +17,7 @@ from applefair.metrics.segmentation import per_sample_metrics
 from applefair.models.registry import segment
 from applefair.models.sites import find_module
 from applefair.progress import progress_bar
+from applefair.speed import module_device, to_device
 
 
 def _probabilities(logits: torch.Tensor) -> torch.Tensor:
@@ -28,13 +29,15 @@ def _probabilities(logits: torch.Tensor) -> torch.Tensor:
 def score_and_capture(model: nn.Module, dataset: SegmentationDataset, groups: GroupSpec, *,
                       metrics: Sequence[str] = ("dice", "iou"), sites: Sequence[str] = (),
                       class_names: Sequence[str] | None = None, nsd_tolerance: float = 2.0,
-                      batch_size: int = 32, device: str = "cpu", quiet: bool = True,
+                      batch_size: int = 32, device: str | torch.device | None = None, quiet: bool = True,
                       ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """Per-sample table (id, group, one column per metric) and pooled latents per site, (N, F) each.
 
     Latents are what each site's module outputs; for a `PatchedSegmentor` whose perturbers are
-    enabled that is f_p (the decoder's input), and f_o when they are disabled.
+    enabled that is f_p (the decoder's input), and f_o when they are disabled. Batches go to
+    `device`, by default the one the model lives on.
     """
+    device = module_device(model) if device is None else torch.device(device)
     was = model.training
     model.eval()
     pooled: dict[str, list[torch.Tensor]] = {s: [] for s in sites}
@@ -52,7 +55,7 @@ def score_and_capture(model: nn.Module, dataset: SegmentationDataset, groups: Gr
         with progress_bar(quiet) as bar:
             task = bar.add_task("evaluate", total=len(loader), info="")
             for batch in loader:
-                logits = segment(model, {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()})
+                logits = segment(model, to_device(batch, device))
                 for s in sites:
                     if s in patched_sites:
                         pooled[s].append(pool_latent(model.latents[s][1].detach().float()).cpu())
@@ -74,7 +77,7 @@ def score_and_capture(model: nn.Module, dataset: SegmentationDataset, groups: Gr
 
 
 def predict_scores(model: nn.Module, dataset: SegmentationDataset, groups: GroupSpec,
-                   batch_size: int = 32, device: str = "cpu", *,
+                   batch_size: int = 32, device: str | torch.device | None = None, *,
                    metrics: Sequence[str] = ("dice", "iou"), class_names: Sequence[str] | None = None,
                    nsd_tolerance: float = 2.0) -> pd.DataFrame:
     """Per-sample table: id, group (name or 'unknown'), and one column per metric (default dice, iou)."""

@@ -20,7 +20,6 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from applefair.config import resolve_device
 from applefair.data import load_dataset
 from applefair.data.groups import GroupSpec
 from applefair.data.manifest import SegmentationDataset
@@ -31,6 +30,7 @@ from applefair.metrics.evaluate import score_and_capture
 from applefair.metrics.fairness import fairness_summary
 from applefair.metrics.leakage import PROBES, site_leakage
 from applefair.metrics.segmentation import METRICS
+from applefair.speed import resolve_device
 
 
 @dataclass

@@ -1,4 +1,9 @@
-"""`applefair train` as a function: data -> ERM-trained model folder (model.safetensors + model.yaml)."""
+"""`applefair train` as a function: data -> ERM-trained model folder (model.safetensors + model.yaml).
+
+The folder is built in the hidden sibling `.NAME.resume.partial` (`applefair.io.resumable_dir`)
+with a checkpoint after every epoch; a killed run is continued with `resume=True`, and only a
+finished run appears at `out` (without the checkpoint).
+"""
 
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ from pydantic import Field
 import applefair
 from applefair.config import Device, Settings
 from applefair.data.formats import parse_key_values
-from applefair.io import staged_dir, write_csv, write_yaml
+from applefair.io import resumable_dir, write_csv, write_yaml
 from applefair.models.checkpoints import load_checkpoint
 from applefair.models.registry import create_segmentor, save_model_dir
 from applefair.runinfo import run_info
@@ -61,27 +66,34 @@ class TrainSettings(Settings):
 def run_train(data: str | os.PathLike, model: str, out: str | os.PathLike, cfg: TrainConfig, *,
               tiny: bool = False, model_args: dict | None = None, checkpoint: str | os.PathLike | None = None,
               data_format: str | None = None, data_options: dict | None = None, size: int | None = None,
-              attribute: str | None = None, overwrite: bool = False, quiet: bool = False) -> dict:
+              attribute: str | None = None, overwrite: bool = False, quiet: bool = False,
+              resume: bool = False) -> dict:
     """Train (or, with 0 epochs, just import a checkpoint into) a zoo model; write the model folder
-    (model.safetensors, model.yaml, config.yaml, history.csv, run.log).
+    (model.safetensors, model.yaml, config.yaml, history.csv, run.log). `resume` continues the
+    interrupted run of `out` from its last epoch's checkpoint (same settings required).
 
     Returns {"spec", "history", "best_val_dice", "seconds"}.
     """
     from applefair.data import GroupSpec, SegmentationDataset, load_dataset
     from applefair.logs import run_logging
-    from applefair.models.train import train_segmentor
+    from applefair.models.train import CHECKPOINT, check_resume, resume_key, train_segmentor
 
     started = time.time()
     net, spec = create_segmentor(model, tiny=tiny, seed=cfg.seed, **(model_args or {}))
     if checkpoint is not None:
         load_checkpoint(net, spec.name, checkpoint)
-    with staged_dir(out, overwrite=overwrite) as stage:
+    with resumable_dir(out, CHECKPOINT, overwrite=overwrite, resume=resume) as (stage, resuming):
         with run_logging(stage):
             config = {"command": "train", "argv": sys.argv, "applefair": applefair.__version__,
                       "torch": torch.__version__, "data": str(data) if data else None, "format": data_format,
                       "options": data_options or {}, "size": size, "attribute": attribute, "model": model,
                       "tiny": tiny, "model_args": spec.args, "checkpoint": str(checkpoint) if checkpoint else None,
                       "train": asdict(cfg), "run": run_info()}
+            key = {k: config[k] for k in ("data", "format", "options", "size", "attribute", "model", "tiny",
+                                          "model_args", "checkpoint")}
+            if resuming:  # before anything of the interrupted run is rewritten
+                check_resume(stage / CHECKPOINT, resume_key(cfg, key))
+                log.info("resuming %s", stage)
             write_yaml(stage / "config.yaml", config)
             log.info("config %s", config)
             history: list[dict] = []
@@ -90,10 +102,12 @@ def run_train(data: str | os.PathLike, model: str, out: str | os.PathLike, cfg: 
                 groups = GroupSpec(attribute).fit(frame) if attribute else None
                 split = {s: SegmentationDataset(frame, groups, s, size=size) for s in ("train", "val")}
                 eval_groups = groups or _NoGroups()
-                _, history = train_segmentor(net, split["train"], split["val"], eval_groups, cfg, quiet=quiet)
+                _, history = train_segmentor(net, split["train"], split["val"], eval_groups, cfg, quiet=quiet,
+                                             run_dir=stage, resume=resuming, run_key=key)
                 write_csv(stage / "history.csv", pd.DataFrame(history))
             net.to("cpu")
             save_model_dir(stage, net, spec)
+        (stage / CHECKPOINT).unlink(missing_ok=True)  # the finished folder is a model folder, not a resume point
     best = max((h["val_dice"] for h in history), default=float("nan"))
     return {"spec": spec, "history": history, "best_val_dice": best, "seconds": time.time() - started}
 

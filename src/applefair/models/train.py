@@ -3,14 +3,19 @@
 Optimiser AdamW (default) or SGD with Nesterov momentum (nnU-Net's choice), both with polynomial
 learning-rate decay; only parameters with requires_grad train (SAMed keeps its image encoder
 frozen, SAM its prompt encoder). Augmentation uses MONAI's random transforms, per sample.
+With a run folder, the whole training state is checkpointed after every epoch
+(`applefair.trainstate`), and `resume` continues from it to the same final weights.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from monai.losses import DiceCELoss
@@ -24,10 +29,13 @@ from applefair.metrics.evaluate import predict_scores
 from applefair.models.registry import segment
 from applefair.progress import progress_bar
 from applefair.seeding import seed_everything
+from applefair.trainstate import load_state, numpy_streams, read_header, save_state
 
 log = logging.getLogger("applefair")
 
 AUGMENTATIONS = ("hflip", "vflip", "rotate", "intensity")
+CHECKPOINT = "checkpoint.safetensors"
+FORMAT = "applefair-erm-checkpoint/1"
 OPTIMIZERS = ("adamw", "sgd")
 
 
@@ -113,8 +121,14 @@ def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.
 
 
 def train_segmentor(net: nn.Module, train: SegmentationDataset, val: SegmentationDataset, groups: GroupSpec,
-                    cfg: TrainConfig, quiet: bool = False) -> tuple[nn.Module, list[dict]]:
-    """Train `net` in place by ERM; returns the best-on-validation-Dice weights and the history."""
+                    cfg: TrainConfig, quiet: bool = False, run_dir: str | os.PathLike | None = None,
+                    resume: bool = False, run_key: dict | None = None) -> tuple[nn.Module, list[dict]]:
+    """Train `net` in place by ERM; returns the best-on-validation-Dice weights and the history.
+
+    With `run_dir`, `run_dir/checkpoint.safetensors` is rewritten (atomically) after every epoch;
+    `resume` continues from it. `run_key` (JSON-able) identifies the run's settings: resuming a
+    checkpoint written under another key is an InputError naming the first setting that differs.
+    """
     gen = seed_everything(cfg.seed)
     ops = parse_augment(cfg.augment)
     aug = sample_augmenter(tuple(o for o in ops if o != "batch_hflip"), cfg.seed)
@@ -134,10 +148,20 @@ def train_segmentor(net: nn.Module, train: SegmentationDataset, val: Segmentatio
     opt = make_optimizer([p for p in net.parameters() if p.requires_grad], cfg)
     sched = torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=max(1, cfg.epochs * len(loader)),
                                                   power=cfg.poly_power)
-    best, best_state, history = -1.0, copy.deepcopy(net.state_dict()), []
+    ckpt = Path(run_dir) / CHECKPOINT if run_dir is not None else None
+    key = resume_key(cfg, run_key)
+    state = {"modules": {"net": net}, "optimizers": {"opt": opt}, "generator": gen, "streams": numpy_streams(aug),
+             "schedulers": {"sched": sched, **({"scaler": amp.scaler} if amp.scaler is not None else {})}}
+    best, best_state, history, start = -1.0, copy.deepcopy(net.state_dict()), [], 0
+    if resume and ckpt is not None and ckpt.is_file():
+        check_resume(ckpt, key)
+        meta, extra = load_state(ckpt, fmt=FORMAT, what="an ERM training checkpoint", **state)
+        best, history, start = float(meta["best"]), meta["history"], int(meta["epoch"])
+        best_state = {k: v.to(device) for k, v in extra["best"].items()}
+        log.info("resuming ERM training after epoch %d of %d", start, cfg.epochs)
     with progress_bar(quiet) as bar:
-        task = bar.add_task("train deployed (ERM)", total=cfg.epochs, info="")
-        for epoch in range(cfg.epochs):
+        task = bar.add_task("train deployed (ERM)", total=cfg.epochs, info="", completed=start)
+        for epoch in range(start, cfg.epochs):
             net.train()
             total = 0.0
             for batch in loader:
@@ -159,7 +183,44 @@ def train_segmentor(net: nn.Module, train: SegmentationDataset, val: Segmentatio
             log.info("erm epoch %d loss %.4f val_dice %.4f", epoch + 1, total / len(train), val_dice)
             if val_dice > best:
                 best, best_state = val_dice, copy.deepcopy(net.state_dict())
+            if ckpt is not None and distributed.is_main():  # ranks hold the same state; others resume from a copy
+                save_state(ckpt, fmt=FORMAT, states={"best": best_state}, **state,
+                           meta={"epoch": epoch + 1, "best": best, "history": history, "config": key})
             bar.update(task, advance=1, info=f"loss {total / len(train):.3f} val Dice {val_dice:.3f}")
     net.load_state_dict(best_state)
     distributed.unwrap(model)
     return net.eval(), history
+
+
+def resume_key(cfg: TrainConfig, run_key: dict | None = None) -> dict:
+    """The settings a checkpoint must share with the run that resumes it (all but the device)."""
+    return _plain({"train": {k: v for k, v in vars(cfg).items() if k != "device"}, **(run_key or {})})
+
+
+def _plain(obj):
+    """`obj` as it reads back from JSON (tuples -> lists, paths -> text), so settings compare equal."""
+    return json.loads(json.dumps(obj, default=str))
+
+
+def check_resume(ckpt: Path, key: dict) -> None:
+    """InputError naming the first setting that differs from the run that wrote `ckpt`."""
+    header = read_header(ckpt)
+    if header.get("format") != FORMAT:
+        raise InputError(f"{ckpt}: not an ERM training checkpoint (expected format '{FORMAT}' in its header)")
+    old = json.loads(header.get("meta", "{}")).get("config", {})
+    if old == key:
+        return
+    flat_old, flat_new = _flatten(old), _flatten(key)
+    name = next((k for k in sorted(set(flat_old) | set(flat_new)) if flat_old.get(k) != flat_new.get(k)), "config")
+    raise InputError(f"{ckpt}: cannot resume: the interrupted run had {name}={flat_old.get(name)!r}, this one "
+                     f"{flat_new.get(name)!r} (resume with the same options, or use --overwrite to start again)")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

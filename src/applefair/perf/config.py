@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 RETRAINING = ("resampling", "groupdro", "febs", "adversarial")
+SECTIONS = ("mitigation", "inference", "dataset_size", "image_size", "evaluation")
 TARGETS = {"mitigation_cost_ratio": 0.25, "mitigation_cost_ratio_aim": 0.10, "inference_latency_ratio": 1.10,
            "params_ratio": 0.05}
 
@@ -29,6 +30,9 @@ class BenchConfig:
     scaling_n: int = 512  # images per epoch in the image-size sweep
     eval_n: int = 1000
     tiny: bool = False  # tiny U-Nets in the scaling and evaluation sweeps (tests)
+    caches: tuple[str, ...] = ("memory", "disk")  # latent-cache modes of the data-set-size sweep
+    sections: tuple[str, ...] = SECTIONS  # what to measure (`--only`)
+    device: str = "cpu"  # where every model runs ('cpu', 'cuda', 'cuda:N'; resolved by the command)
 
     @classmethod
     def quick(cls, seed: int = 0) -> BenchConfig:

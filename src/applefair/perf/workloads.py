@@ -19,6 +19,7 @@ from applefair.data.synthetic import generate
 from applefair.io import write_csv
 from applefair.perf.config import BenchConfig
 from applefair.perf.measure import Measure, attempt
+from applefair.speed import to_device
 
 # ----------------------------------------------------------------------------- data
 
@@ -61,11 +62,14 @@ def mitigation_cost(cfg: BenchConfig, work: Path, model: str = "unet", tiny: boo
     manifest = folder / "manifest.csv" if (folder / "manifest.csv").is_file() else \
         generate(folder, n=cfg.n, size=cfg.size, seed=cfg.seed)
     split, groups = load_splits(manifest)
+    dev = torch.device(cfg.device)
     torch.manual_seed(cfg.seed)
     net, spec = create_segmentor(model, tiny=tiny, **(args or {}))
     if model == "unet":
         train_segmentor(net, split["train"], split["val"], groups,
-                        TrainConfig(epochs=cfg.deploy_epochs, batch_size=cfg.batch_size, seed=cfg.seed), quiet=quiet)
+                        TrainConfig(epochs=cfg.deploy_epochs, batch_size=cfg.batch_size, seed=cfg.seed,
+                                    device=str(dev)), quiet=quiet)
+    net.to(dev)  # every method trains on the device of the network it is given
     budget = Budget(epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed)
     runs: dict[str, dict] = {}
 
@@ -82,7 +86,7 @@ def mitigation_cost(cfg: BenchConfig, work: Path, model: str = "unet", tiny: boo
     cheapest = min(timed, key=lambda k: timed[k]["seconds"]) if timed else None
     out = {"model": model, "tiny": tiny, "args": spec.args, "deployed_params": sum(p.numel() for p in net.parameters()),
            "images": {k: len(v) for k, v in split.items()}, "size": cfg.size, "epochs": cfg.epochs,
-           "batch_size": cfg.batch_size, "runs": runs, "cheapest_baseline": cheapest}
+           "batch_size": cfg.batch_size, "device": str(dev), "runs": runs, "cheapest_baseline": cheapest}
     for key, run in (("ratio", "apple_cached"), ("ratio_uncached", "apple_uncached")):
         if cheapest is None:
             out[key], out[f"{key}_reason"] = None, "no retraining baseline ran (see runs)"
@@ -97,13 +101,14 @@ def mitigation_cost(cfg: BenchConfig, work: Path, model: str = "unet", tiny: boo
 # ----------------------------------------------------------------------------- 2. inference overhead
 
 
-def _median_latency(fn: Callable[[], object], repeats: int) -> float:
+def _median_latency(fn: Callable[[], object], repeats: int, cuda: bool = False) -> float:
     """Median seconds of `fn` after a warm-up call. On CPU this is the process's CPU time: with one
     compute thread it equals wall time on an idle machine and is barely moved by other load (the
     wall time of small calls is, heavily). On CUDA it is wall time after synchronising."""
-    cuda = torch.cuda.is_available()
     clock = time.perf_counter if cuda else time.process_time
-    fn()  # warm-up (allocations, lazy init)
+    fn()  # warm-up (allocations, lazy init, cuDNN autotuning)
+    if cuda:
+        torch.cuda.synchronize()
     times = []
     for _ in range(repeats):
         t0 = clock()
@@ -124,28 +129,31 @@ def _flops(fn: Callable[[], object]) -> int:
     return int(counter.get_total_flops())
 
 
-def _blob_batch(b: int, size: int, seed: int) -> dict:
+def _blob_batch(b: int, size: int, seed: int, device: torch.device | str = "cpu") -> dict:
     """Random images with a disc mask each (SAM-like models derive their prompts from the mask)."""
     g = torch.Generator().manual_seed(seed)
     yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
     mask = (((yy - size / 2) ** 2 + (xx - size / 2) ** 2) < (size / 5) ** 2).float()
-    return {"image": torch.rand(b, 1, size, size, generator=g), "mask": mask.expand(b, 1, size, size).clone(),
-            "group": torch.zeros(b, dtype=torch.long), "index": torch.arange(b)}
+    batch = {"image": torch.rand(b, 1, size, size, generator=g), "mask": mask.expand(b, 1, size, size).clone(),
+             "group": torch.zeros(b, dtype=torch.long), "index": torch.arange(b)}
+    return to_device(batch, torch.device(device))
 
 
 def inference_overhead(name: str, size: int, repeats: int, tiny: bool = False, seed: int = 0,
-                       widths: tuple[int, ...] = (8, 16), **args) -> dict:
+                       widths: tuple[int, ...] = (8, 16), device: str = "cpu", **args) -> dict:
     """Latency (batch 1 and 16) and parameters of the deployed model vs the model with APPLE's
     default perturber at the model's default site; parameters also for smaller widths."""
     from applefair.apple.config import AppleConfig
     from applefair.apple.patch import PatchedSegmentor, perturbers_for
     from applefair.models.registry import create_segmentor, segment
 
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
     torch.manual_seed(seed)
     net, spec = create_segmentor(name, tiny=tiny, **args)
-    net.eval()
+    net.to(dev).eval()
     cfg = AppleConfig()
-    example = _blob_batch(2, size, seed)
+    example = _blob_batch(2, size, seed, dev)
     extra = {"global_branch": cfg.global_branch, **({"num_res_blocks": cfg.res_blocks}
                                                     if cfg.perturber == "unet" else {})}
     deployed_params = sum(p.numel() for p in net.parameters())
@@ -153,24 +161,27 @@ def inference_overhead(name: str, size: int, repeats: int, tiny: bool = False, s
     for w in widths:
         pert = perturbers_for(net, [spec.site], example, w, cfg.perturber, **extra)
         small[str(w)] = round(sum(p.numel() for m in pert.values() for p in m.parameters()) / deployed_params, 5)
-    perturbers = perturbers_for(net, [spec.site], example, cfg.width, cfg.perturber, **extra)
-    out = {"model": name, "args": spec.args, "tiny": tiny, "site": spec.site, "image_size": size,
+    perturbers = {k: m.to(dev) for k, m in perturbers_for(net, [spec.site], example, cfg.width, cfg.perturber,
+                                                           **extra).items()}
+    out = {"model": name, "args": spec.args, "tiny": tiny, "site": spec.site, "image_size": size, "device": str(dev),
            "perturber": {"kind": cfg.perturber, "width": cfg.width}, "deployed_params": deployed_params}
-    batches = {b: _blob_batch(b, size, seed) for b in (1, 16)}
+    batches = {b: _blob_batch(b, size, seed, dev) for b in (1, 16)}
     with torch.no_grad():
-        base = {b: _median_latency(lambda b=b: segment(net, batches[b]), repeats) for b in batches}
+        base = {b: _median_latency(lambda b=b: segment(net, batches[b]), repeats, cuda) for b in batches}
         flops = {"deployed": _flops(lambda: segment(net, batches[1]))}
         patched = PatchedSegmentor(net, perturbers).eval()
         try:
-            mitigated = {b: _median_latency(lambda b=b: segment(patched, batches[b]), repeats) for b in batches}
+            mitigated = {b: _median_latency(lambda b=b: segment(patched, batches[b]), repeats, cuda) for b in batches}
             flops["mitigated"] = _flops(lambda: segment(patched, batches[1]))
         finally:
             patched.remove()
         # the smallest option: two 3x3 convs of width 8 (`perturber: conv, width: 8`)
-        tiny_pert = perturbers_for(net, [spec.site], example, 8, "conv", global_branch=False)
+        tiny_pert = {k: m.to(dev) for k, m in perturbers_for(net, [spec.site], example, 8, "conv",
+                                                              global_branch=False).items()}
         small_patched = PatchedSegmentor(net, tiny_pert).eval()
         try:
-            small_lat = {b: _median_latency(lambda b=b: segment(small_patched, batches[b]), repeats) for b in batches}
+            small_lat = {b: _median_latency(lambda b=b: segment(small_patched, batches[b]), repeats, cuda)
+                         for b in batches}
             flops["conv_w8"] = _flops(lambda: segment(small_patched, batches[1]))
         finally:
             small_patched.remove()
@@ -207,7 +218,7 @@ class _EpochClock(logging.Handler):
 
 
 def apple_epoch_cost(train: SegmentationDataset, val: SegmentationDataset, groups: GroupSpec, cache: str,
-                      work: Path, seed: int, epochs: int = 2, tiny: bool = False) -> dict:
+                      work: Path, seed: int, epochs: int = 2, tiny: bool = False, device: str = "cpu") -> dict:
     """Seconds per APPLE epoch on `train`: the time between the trainer's last two epoch log lines
     (one game epoch after the discriminator warm-up, plus its validation on the small fixed `val`);
     cache build, epoch-0 validation and the warm-up epoch are reported apart (`until_first_epoch_s`)."""
@@ -217,6 +228,7 @@ def apple_epoch_cost(train: SegmentationDataset, val: SegmentationDataset, group
 
     torch.manual_seed(seed)
     net, spec = create_segmentor("unet", tiny=tiny)
+    net.to(device)  # APPLE trains on the device of the deployed network
     run_dir = Path(tempfile.mkdtemp(dir=work, prefix=f"apple-{cache}-"))
     cfg = AppleConfig(epochs=epochs, seed=seed, cache=cache, augment=False, selection="last")
     logger = logging.getLogger("applefair")
@@ -229,8 +241,10 @@ def apple_epoch_cost(train: SegmentationDataset, val: SegmentationDataset, group
     finally:
         logger.removeHandler(clock)
         logger.setLevel(level)
-    out = {"n": len(train), "cache": cache, "epochs": epochs, "total_s": round(m.seconds, 3),
-           "peak_rss_mb": round(m.peak_mb, 1), "peak_rss_delta_mb": round(m.delta_mb, 1)}
+    out = {"n": len(train), "cache": cache, "epochs": epochs, "device": str(device), "total_s": round(m.seconds, 3),
+           "total_cpu_s": round(m.cpu_seconds, 3),
+           "peak_rss_mb": round(m.peak_mb, 1), "peak_rss_delta_mb": round(m.delta_mb, 1),
+           "cuda_peak_mb": None if m.cuda_peak_mb is None else round(m.cuda_peak_mb, 1)}
     if len(clock.stamps) >= 2:
         out["s_per_epoch"] = round((clock.stamps[-1] - clock.stamps[-2]), 3)
         out["until_first_epoch_s"] = round(clock.stamps[0] - m.start_time, 3)  # cache build, warm-up epoch
@@ -246,18 +260,18 @@ def scaling(cfg: BenchConfig, work: Path) -> dict:
     src = generate(work / "scale-src", n=64, size=64, seed=cfg.seed)
     val_split, groups = load_splits(src, cache=False)
     val = val_split["val"]
-    for n in cfg.dataset_sizes:
+    for n in cfg.dataset_sizes if "dataset_size" in cfg.sections else ():
         train = load_splits(repeated_manifest(src, n, f"train_{n}.csv"), cache=False)[0]["train"]
-        for cache in ("memory", "disk"):
-            row = attempt(lambda train=train, cache=cache: apple_epoch_cost(train, val, groups, cache, work,
-                                                                             cfg.seed, tiny=cfg.tiny))
+        for cache in cfg.caches:
+            row = attempt(lambda train=train, cache=cache: apple_epoch_cost(
+                train, val, groups, cache, work, cfg.seed, tiny=cfg.tiny, device=cfg.device))
             out["dataset_size"].append({"n": n, "image_size": 64, "cache": cache, **row})
-    for size in cfg.image_sizes:
+    for size in cfg.image_sizes if "image_size" in cfg.sections else ():
         src_s = generate(work / f"scale-src-{size}", n=32, size=size, seed=cfg.seed)
         split, groups_s = load_splits(src_s, cache=False)
         train = load_splits(repeated_manifest(src_s, cfg.scaling_n, "train_sized.csv"), cache=False)[0]["train"]
         row = attempt(lambda train=train, split=split, groups_s=groups_s: apple_epoch_cost(
-            train, split["val"], groups_s, "memory", work, cfg.seed, tiny=cfg.tiny))
+            train, split["val"], groups_s, "memory", work, cfg.seed, tiny=cfg.tiny, device=cfg.device))
         out["image_size"].append({"n": cfg.scaling_n, "image_size": size, "cache": "memory", **row})
     return out
 
@@ -277,9 +291,11 @@ def evaluation_throughput(cfg: BenchConfig, work: Path) -> dict:
         ds[i]
     torch.manual_seed(cfg.seed)
     net, _ = create_segmentor("unet", tiny=cfg.tiny)
-    out: dict = {"n": len(ds), "image_size": 64, "model": "unet (tiny)" if cfg.tiny else "unet (default)"}
+    net.to(cfg.device)
+    out: dict = {"n": len(ds), "image_size": 64, "model": "unet (tiny)" if cfg.tiny else "unet (default)",
+                 "device": cfg.device}
     for label, metrics in (("dice_iou", ("dice", "iou")), ("dice_iou_hd95", ("dice", "iou", "hd95"))):
         with Measure() as m:
-            predict_scores(net, ds, groups, metrics=metrics)
+            predict_scores(net, ds, groups, metrics=metrics, device=cfg.device)
         out[f"s_per_1000_{label}"] = round(m.seconds * 1000 / len(ds), 3)
     return out

@@ -34,6 +34,9 @@ from scipy import stats
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # variant name -> AppleConfig overrides ("sites: all" = every skip and the bottleneck)
+# every variant's perturber: the paper's U shape of width 32, the shipped default when these runs were
+# made (today's default `perturber: auto` sizes the perturber to the model, so it is pinned here)
+PINNED = {"perturber": "unet", "width": 32}
 VARIANTS: dict[str, dict] = {
     "default": {},
     "lseg_only": {"objective": "none", "alpha": 0.0, "beta": 0.0, "balanced_seg": True},
@@ -149,7 +152,7 @@ def _run_job(job: dict) -> dict:
     if job["variant"] is None:  # the ERM gap check
         row["seconds"] = round(time.time() - t0, 1)
         return row
-    over = dict(VARIANTS[job["variant"]])
+    over = {**PINNED, **VARIANTS[job["variant"]]}
     if over.get("sites") == "all":
         over["sites"] = sites
     cfg = AppleConfig.from_dict({"epochs": a.apple_epochs, "batch_size": 16, **over, "seed": seed})

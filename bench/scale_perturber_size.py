@@ -33,8 +33,8 @@ from applefair.models.registry import create_segmentor  # noqa: E402
 from applefair.models.train import TrainConfig, train_segmentor  # noqa: E402
 
 VARIANTS = {  # label -> APPLE options
-    "unet-w32 (default)": {},
-    "unet-w8": {"width": 8},
+    "unet-w32": {"perturber": "unet", "width": 32},  # the paper's shape (the default on large models)
+    "unet-w8": {"perturber": "unet", "width": 8},
     "conv-w8": {"perturber": "conv", "width": 8},
     "conv-w4": {"perturber": "conv", "width": 4},
 }

@@ -66,3 +66,26 @@ def test_pool_mean_and_std():
 def test_discriminator_rejects_one_group():
     with pytest.raises(ValueError, match="at least 2"):
         Discriminator(8, 1)
+
+
+def test_auto_perturber_is_sized_to_the_deployed_model():
+    """`perturber: auto`: the paper's U shape where it is small next to the model, else a smaller one."""
+    from applefair.apple.patch import AUTO_CANDIDATES, perturbers_for
+    from applefair.models.registry import create_segmentor
+
+    def params(perts):
+        return sum(p.numel() for m in perts.values() for p in m.parameters())
+
+    net, spec = create_segmentor("unet", seed=0)  # the default U-Net, 0.40 M parameters
+    deployed = sum(p.numel() for p in net.parameters())
+    x = torch.rand(2, 1, 64, 64)
+    auto = perturbers_for(net, [spec.site], x, kind="auto", num_res_blocks=4)
+    chosen = auto[spec.site].spec()
+    assert params(auto) <= 0.05 * deployed
+    # it is the first candidate within the budget: every larger one is over it
+    larger = AUTO_CANDIDATES[:AUTO_CANDIDATES.index((chosen["kind"], chosen["width"]))]
+    assert larger and all(params(perturbers_for(net, [spec.site], x, w, k, num_res_blocks=4)) > 0.05 * deployed
+                          for k, w in larger)
+    # a generous budget gives the paper's U shape of width 32
+    big = perturbers_for(net, [spec.site], x, kind="auto", max_params_ratio=10.0, num_res_blocks=4)
+    assert big[spec.site].spec()["kind"] == "unet" and big[spec.site].spec()["width"] == 32

@@ -113,3 +113,27 @@ def test_bf16_autocast_runs_the_game_and_fp16_is_refused(apple_setup):
     patched.remove()
     with pytest.raises(InputError, match="precision='fp16'"):
         AppleConfig(precision="fp16")
+
+
+def test_with_the_cache_the_encoder_runs_once_whatever_the_epochs(apple_setup):
+    """Training and the per-epoch validation both replay the cache: more epochs, no more encoder passes."""
+    from applefair.models.sites import find_module
+
+    net, spec, groups, split = apple_setup
+    calls = {"n": 0}
+    # a convolution *inside* the first down block: hooks on the block itself also fire when it is replayed
+    conv = next(m for m in find_module(net, "model.0").modules() if isinstance(m, torch.nn.Conv2d))
+    handle = conv.register_forward_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
+    try:
+        counts = {}
+        for cache in ("auto", "off"):
+            for epochs in (1, 3):
+                calls["n"] = 0
+                patched, _, _ = train_apple(net, spec.site, split["train"], split["val"], groups,
+                                            AppleConfig(epochs=epochs, cache=cache, **FAST), quiet=True)
+                patched.remove()
+                counts[cache, epochs] = calls["n"]
+    finally:
+        handle.remove()
+    assert counts["auto", 3] == counts["auto", 1]
+    assert counts["off", 3] > counts["off", 1] > counts["auto", 1] / 2

@@ -184,8 +184,10 @@ def test_sharded_cache_and_groupdro_two_processes_match_one(tmp_path, tiny_manif
         diff = max(float((a[k].double() - b[k].double()).abs().max()) for k in keys)
         assert diff < tol, f"{mode}: {what} differ by {diff} (tolerance {tol})"
     assert torch.allclose(a["loss_history"], b["loss_history"], atol=1e-5)  # groupdro's all-reduced epoch losses
-    (full,), = json.loads(_load(one / "apple_sharded.safetensors")[1]["caches"])  # one process: the whole split
-    (r0,), (r1,) = json.loads(_load(two / "apple_sharded.safetensors")[1]["caches"])  # two processes: one half each
+    # per rank, the caches built: training split first, then validation (never sharded: every rank validates)
+    (full, val), = json.loads(_load(one / "apple_sharded.safetensors")[1]["caches"])  # one process: the whole split
+    (r0, v0), (r1, v1) = json.loads(_load(two / "apple_sharded.safetensors")[1]["caches"])  # two: one half each
+    assert val["held"] == v0["held"] == v1["held"] == val["of"]
     n = full["of"]
     assert full["held"] == n and full["indices"] == list(range(n))
     assert r0["indices"] == list(range(0, n, 2)) and r1["indices"] == list(range(1, n, 2))

@@ -29,8 +29,12 @@ class AppleConfig:
     epochs: int = 30
     batch_size: int = 16
     # perturber G_p
-    perturber: str = "unet"  # unet (the paper's U shape) | conv (two 3x3 convs)
+    # auto: the largest of U shape w32/16/8, conv w32/16/8/4 within max_params_ratio of the deployed
+    # model's parameters (the paper's U shape on large models; a small conv on small ones);
+    # unet: the paper's U shape | conv: two 3x3 convs, both of `width` (ignored by auto)
+    perturber: str = "auto"
     width: int = 32
+    max_params_ratio: float = 0.05
     res_blocks: int = 4
     global_branch: bool = False  # FiLM-style per-image scale/shift from pooled stats
     sites: list[str] = field(default_factory=list)  # empty: the model's default site
@@ -68,7 +72,7 @@ class AppleConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        checks = {"perturber": KINDS, "objective": OBJECTIVES, "d_pooling": POOLS, "cache": CACHE_MODES,
+        checks = {"perturber": ("auto", *KINDS), "objective": OBJECTIVES, "d_pooling": POOLS, "cache": CACHE_MODES,
                   "selection": SELECTIONS, "precision": PRECISIONS}
         for key, allowed in checks.items():
             if getattr(self, key) not in allowed:
@@ -76,6 +80,8 @@ class AppleConfig:
         for key in ("epochs", "batch_size", "width", "n_d"):
             if int(getattr(self, key)) < 1:
                 raise InputError(f"apple config: {key}={getattr(self, key)} (expected an integer >= 1)")
+        if not self.max_params_ratio > 0:
+            raise InputError(f"apple config: max_params_ratio={self.max_params_ratio} (expected a share > 0)")
         if not 0.0 <= self.d_dropout < 1.0:
             raise InputError(f"apple config: d_dropout={self.d_dropout} (expected 0 <= value < 1)")
         if not 0.0 <= self.d_label_smoothing < 1.0:

@@ -63,6 +63,10 @@ class PatchedSegmentor(nn.Module):
         self.net.eval()
         return self
 
+    def perturber_specs(self) -> dict[str, dict]:
+        """Each site's perturber spec (kind, channels, width, ...): what rebuilds it from a patch."""
+        return {s: self.perturbers[_key(s)].spec() for s in self.sites}
+
     def remove(self) -> None:
         """Detach the hooks; the wrapped network is then exactly the deployed one."""
         for h in self._handles:
@@ -96,19 +100,42 @@ def latent_shapes(net: nn.Module, sites: list[str], batch: dict) -> dict[str, to
     return shapes
 
 
+# `kind="auto"` tries these in order: the paper's U shape first, then ever smaller perturbers
+AUTO_CANDIDATES: tuple[tuple[str, int], ...] = (("unet", 32), ("unet", 16), ("unet", 8), ("conv", 32),
+                                               ("conv", 16), ("conv", 8), ("conv", 4))
+
+
 def perturbers_for(net: nn.Module, sites: list[str], example: torch.Tensor | dict, width: int = 32,
-                   kind: str = "unet", **kwargs) -> dict[str, nn.Module]:
-    """One fresh perturber per site, sized from the latent shapes of one example batch."""
+                   kind: str = "unet", max_params_ratio: float = 0.05, **kwargs) -> dict[str, nn.Module]:
+    """One fresh perturber per site, sized from the latent shapes of one example batch.
+
+    `kind="auto"` (with `width` ignored) picks the first of `AUTO_CANDIDATES` whose perturbers hold
+    at most `max_params_ratio` of the deployed model's parameters, or the smallest: a patch should
+    stay small next to the model it patches (the paper's U shape is 1.5% of a SAM ViT-B, but 3.6x a
+    small U-Net). `num_res_blocks` applies to U-shaped perturbers only.
+    """
     batch = example if isinstance(example, dict) else {"image": example}
     shapes = latent_shapes(net, sites, batch)
-    return {s: build_perturber({"kind": kind, "channels": latent_channels(shapes[s]), "width": width, **kwargs})
-            for s in sites}
+
+    def build(k: str, w: int) -> dict[str, nn.Module]:
+        extra = {key: v for key, v in kwargs.items() if k == "unet" or key != "num_res_blocks"}
+        return {s: build_perturber({"kind": k, "channels": latent_channels(shapes[s]), "width": w, **extra})
+                for s in sites}
+
+    if kind != "auto":
+        return build(kind, width)
+    budget = max_params_ratio * sum(p.numel() for p in net.parameters())
+    for k, w in AUTO_CANDIDATES:
+        perturbers = build(k, w)
+        if sum(p.numel() for m in perturbers.values() for p in m.parameters()) <= budget:
+            break
+    return perturbers
 
 
 def save_patch(path: str | os.PathLike, patched: PatchedSegmentor, meta: Mapping) -> None:
     """The perturbers' weights plus their sites, specs, group spec and config in the safetensors header."""
     tensors = {k: v for k, v in patched.perturbers.state_dict().items()}
-    specs = {s: patched.perturbers[_key(s)].spec() for s in patched.sites}
+    specs = patched.perturber_specs()
     header = {"format": "applefair-patch/1", "sites": json.dumps(patched.sites),
               "perturbers": json.dumps(specs), "meta": json.dumps(meta, default=str)}
     if "groups" in meta:

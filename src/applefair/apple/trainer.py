@@ -61,10 +61,11 @@ def _selection_score(summary: dict) -> float:
 
 
 def evaluate_patched(patched: PatchedSegmentor, dataset: SegmentationDataset, groups: GroupSpec,
-                     seed: int = 0) -> tuple[dict, float, object]:
+                     seed: int = 0, cache: LatentCache | None = None) -> tuple[dict, float, object]:
     """(fairness summary, fresh-probe AUC on the perturbed latents, per-sample scores) on `dataset`.
 
-    The probe reads the pooled mean/std of f_p at every perturbed site, concatenated."""
+    The probe reads the pooled mean/std of f_p at every perturbed site, concatenated. `cache`
+    (built on `dataset`) replays the frozen encoder, so validating each epoch costs only the decoder."""
     feats: dict[str, list[torch.Tensor]] = {s: [] for s in patched.sites}
 
     def collect(lat: dict) -> None:
@@ -73,7 +74,8 @@ def evaluate_patched(patched: PatchedSegmentor, dataset: SegmentationDataset, gr
 
     patched.on_latents = collect
     try:
-        scores = predict_scores(patched, dataset, groups)
+        around = (lambda batch: cache.replay(batch["index"])) if cache is not None else None
+        scores = predict_scores(patched, dataset, groups, around=around)
     finally:
         patched.on_latents = None
     summary = fairness_summary(scores, groups.attribute, groups.groups)
@@ -92,15 +94,28 @@ def _build(net: nn.Module, sites: list[str], train: SegmentationDataset, groups:
     """Perturbers and discriminator, sized from one example batch, on the device the net lives on."""
     dev = module_device(net)
     example = to_device(_example_batch(train), dev)
-    extra = {"global_branch": cfg.global_branch}
-    if cfg.perturber == "unet":
-        extra["num_res_blocks"] = cfg.res_blocks
-    perturbers = perturbers_for(net, sites, example, cfg.width, cfg.perturber, **extra)
+    perturbers = perturbers_for(net, sites, example, cfg.width, cfg.perturber, cfg.max_params_ratio,
+                                global_branch=cfg.global_branch, num_res_blocks=cfg.res_blocks)
     shapes = latent_shapes(net, sites, example)
     patched = PatchedSegmentor(net, {s: p.to(dev) for s, p in perturbers.items()})
+    log.info("perturber(s): %s", patched.perturber_specs())
     disc = Discriminator([latent_channels(shapes[s]) for s in sites], groups.num_groups, hidden=cfg.d_hidden,
                          dropout=cfg.d_dropout, spectral_norm=cfg.d_spectral_norm, pooling=cfg.d_pooling)
     return patched, disc.to(dev)
+
+
+def _build_cache(patched: PatchedSegmentor, sites: list[str], dataset: SegmentationDataset, cfg: AppleConfig,
+                 folder: Path | None, indices: list[int] | None) -> LatentCache | None:
+    """The frozen encoder's outputs on `dataset` (None where nothing can be cached and cache is 'auto')."""
+    patched.enabled = False
+    try:
+        return LatentCache.build(patched.net, sites, dataset, folder=folder, indices=indices)
+    except ValueError:
+        if cfg.cache != "auto":
+            raise
+        return None
+    finally:
+        patched.enabled = True
 
 
 def _clip(params, max_norm: float) -> None:
@@ -137,20 +152,16 @@ def train_apple(net: nn.Module, default_site: str, train: SegmentationDataset, v
     loader = distributed.make_loader(train, cfg.batch_size, shuffle=True, generator=gen,
                                      drop_last=len(train) > cfg.batch_size, shards=cfg.cache_shards)
 
-    cache = None
+    cache = val_cache = None
     if cfg.cache != "off" and not cfg.augment:
         folder = Path(run_dir) / "latent_cache" if (cfg.cache == "disk" and run_dir) else None
-        patched.enabled = False
-        try:
-            cache = LatentCache.build(net, sites, train, folder=folder,  # sharded: this rank's samples only
-                                      indices=distributed.shard_indices(len(train)) if cfg.cache_shards else None)
-        except ValueError:
-            if cfg.cache != "auto":
-                raise
-        finally:
-            patched.enabled = True
+        # sharded: this rank's training samples only; every rank validates on the whole val split
+        cache = _build_cache(patched, sites, train, cfg, folder,
+                             distributed.shard_indices(len(train)) if cfg.cache_shards else None)
         if cache is not None:
-            log.info("latent cache: %s (%.1f MB)", cache.names, cache.nbytes() / 2**20)
+            val_cache = _build_cache(patched, sites, val, cfg, folder / "val" if folder else None, None)
+            log.info("latent cache: %s (%.1f MB train, %.1f MB val)", cache.names, cache.nbytes() / 2**20,
+                     val_cache.nbytes() / 2**20 if val_cache else 0.0)
 
     ckpt = Path(run_dir) / CHECKPOINT if run_dir else None
     modules = {"perturbers": patched.perturbers, "disc": disc}
@@ -164,7 +175,7 @@ def train_apple(net: nn.Module, default_site: str, train: SegmentationDataset, v
         best_state = states.get("best", {})
         log.info("resuming APPLE after epoch %d", state["epoch"])
     else:
-        base, base_auc, _ = evaluate_patched(patched, val, groups, cfg.seed)
+        base, base_auc, _ = evaluate_patched(patched, val, groups, cfg.seed, val_cache)
         state = {"epoch": 0, "best_epoch": 0, "best_score": _selection_score(base), "since_best": 0,
                  "stopped": False, "base_dice": base["overall"]["dice"],
                  "history": [{"epoch": 0, "val_dice": base["overall"]["dice"], "val_es_dice": _selection_score(base),
@@ -180,7 +191,7 @@ def train_apple(net: nn.Module, default_site: str, train: SegmentationDataset, v
             if state["stopped"]:
                 break
             row = _epoch(epoch, patched, disc_step, loader, cache, seg_loss, opt_g, opt_d, freq, gen, cfg, sites, amp)
-            summary, auc, _ = evaluate_patched(patched, val, groups, cfg.seed)
+            summary, auc, _ = evaluate_patched(patched, val, groups, cfg.seed, val_cache)
             row.update(val_dice=summary["overall"]["dice"], val_es_dice=_selection_score(summary),
                        val_gap=summary["fairness"].get("dice_delta", float("nan")), probe_auc=auc)
             state["history"].append(row)
@@ -207,7 +218,8 @@ def train_apple(net: nn.Module, default_site: str, train: SegmentationDataset, v
     hash_after = state_dict_hash(patched.net)
     check = {"hash_before": hash_before, "hash_after": hash_after, "unchanged": hash_before == hash_after,
              "selected_epoch": state["best_epoch"], "sites": sites, "stopped_early": state["stopped"],
-             "base_val_dice": state["base_dice"], "cache": cache.names if cache else []}
+             "base_val_dice": state["base_dice"], "cache": cache.names if cache else [],
+             "perturber": patched.perturber_specs()}
     if not check["unchanged"]:
         raise RuntimeError("the deployed segmentor's weights changed during APPLE training")
     return patched, state["history"], check

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 import numpy as np
 import pandas as pd
@@ -30,12 +31,14 @@ def score_and_capture(model: nn.Module, dataset: SegmentationDataset, groups: Gr
                       metrics: Sequence[str] = ("dice", "iou"), sites: Sequence[str] = (),
                       class_names: Sequence[str] | None = None, nsd_tolerance: float = 2.0,
                       batch_size: int = 32, device: str | torch.device | None = None, quiet: bool = True,
+                      around: Callable[[dict], AbstractContextManager] | None = None,
                       ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
     """Per-sample table (id, group, one column per metric) and pooled latents per site, (N, F) each.
 
     Latents are what each site's module outputs; for a `PatchedSegmentor` whose perturbers are
     enabled that is f_p (the decoder's input), and f_o when they are disabled. Batches go to
-    `device`, by default the one the model lives on.
+    `device`, by default the one the model lives on. `around(batch)`, if given, is a context
+    entered around each batch's forward pass (APPLE's latent cache replays the encoder with it).
     """
     device = module_device(model) if device is None else torch.device(device)
     was = model.training
@@ -55,7 +58,8 @@ def score_and_capture(model: nn.Module, dataset: SegmentationDataset, groups: Gr
         with progress_bar(quiet) as bar:
             task = bar.add_task("evaluate", total=len(loader), info="")
             for batch in loader:
-                logits = segment(model, to_device(batch, device))
+                with around(batch) if around is not None else nullcontext():
+                    logits = segment(model, to_device(batch, device))
                 for s in sites:
                     if s in patched_sites:
                         pooled[s].append(pool_latent(model.latents[s][1].detach().float()).cpu())
@@ -78,9 +82,10 @@ def score_and_capture(model: nn.Module, dataset: SegmentationDataset, groups: Gr
 
 def predict_scores(model: nn.Module, dataset: SegmentationDataset, groups: GroupSpec,
                    batch_size: int = 32, device: str | torch.device | None = None, *,
+                   around: Callable[[dict], AbstractContextManager] | None = None,
                    metrics: Sequence[str] = ("dice", "iou"), class_names: Sequence[str] | None = None,
                    nsd_tolerance: float = 2.0) -> pd.DataFrame:
     """Per-sample table: id, group (name or 'unknown'), and one column per metric (default dice, iou)."""
     frame, _ = score_and_capture(model, dataset, groups, metrics=metrics, class_names=class_names,
-                                 nsd_tolerance=nsd_tolerance, batch_size=batch_size, device=device)
+                                 nsd_tolerance=nsd_tolerance, batch_size=batch_size, device=device, around=around)
     return frame

@@ -140,7 +140,7 @@ def _blob_batch(b: int, size: int, seed: int, device: torch.device | str = "cpu"
 
 
 def inference_overhead(name: str, size: int, repeats: int, tiny: bool = False, seed: int = 0,
-                       widths: tuple[int, ...] = (8, 16), device: str = "cpu", **args) -> dict:
+                       widths: tuple[int, ...] = (8, 16, 32), device: str = "cpu", **args) -> dict:
     """Latency (batch 1 and 16) and parameters of the deployed model vs the model with APPLE's
     default perturber at the model's default site; parameters also for smaller widths."""
     from applefair.apple.config import AppleConfig
@@ -154,17 +154,18 @@ def inference_overhead(name: str, size: int, repeats: int, tiny: bool = False, s
     net.to(dev).eval()
     cfg = AppleConfig()
     example = _blob_batch(2, size, seed, dev)
-    extra = {"global_branch": cfg.global_branch, **({"num_res_blocks": cfg.res_blocks}
-                                                    if cfg.perturber == "unet" else {})}
+    extra = {"global_branch": cfg.global_branch, "num_res_blocks": cfg.res_blocks}
     deployed_params = sum(p.numel() for p in net.parameters())
     small = {}
-    for w in widths:
-        pert = perturbers_for(net, [spec.site], example, w, cfg.perturber, **extra)
+    for w in widths:  # the paper's U shape at each width
+        pert = perturbers_for(net, [spec.site], example, w, "unet", **extra)
         small[str(w)] = round(sum(p.numel() for m in pert.values() for p in m.parameters()) / deployed_params, 5)
     perturbers = {k: m.to(dev) for k, m in perturbers_for(net, [spec.site], example, cfg.width, cfg.perturber,
-                                                           **extra).items()}
+                                                           cfg.max_params_ratio, **extra).items()}
+    chosen = perturbers[spec.site].spec()
     out = {"model": name, "args": spec.args, "tiny": tiny, "site": spec.site, "image_size": size, "device": str(dev),
-           "perturber": {"kind": cfg.perturber, "width": cfg.width}, "deployed_params": deployed_params}
+           "perturber": {"kind": chosen["kind"], "width": chosen["width"], "config": cfg.perturber},
+           "deployed_params": deployed_params}
     batches = {b: _blob_batch(b, size, seed, dev) for b in (1, 16)}
     with torch.no_grad():
         base = {b: _median_latency(lambda b=b: segment(net, batches[b]), repeats, cuda) for b in batches}
@@ -191,7 +192,7 @@ def inference_overhead(name: str, size: int, repeats: int, tiny: bool = False, s
         out[f"latency_ratio_b{b}"] = round(mitigated[b] / base[b], 4)
     out["perturber_params"] = pert_params
     out["params_ratio"] = round(pert_params / deployed_params, 5)
-    out["params_ratio_by_width"] = {**small, str(cfg.width): out["params_ratio"]}
+    out["params_ratio_by_width"] = small
     conv8 = sum(p.numel() for m in tiny_pert.values() for p in m.parameters())
     if flops["deployed"]:
         out["flops_b1"] = flops

@@ -39,6 +39,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 PINNED = {"perturber": "unet", "width": 32}
 VARIANTS: dict[str, dict] = {
     "default": {},
+    "auto": {"perturber": "auto"},  # today's default: the perturber sized to the model
     "lseg_only": {"objective": "none", "alpha": 0.0, "beta": 0.0, "balanced_seg": True},
     "grl": {"objective": "grl"},
     "all_sites": {"sites": "all"},

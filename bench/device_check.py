@@ -97,6 +97,7 @@ def main() -> int:
                 patched, history, chk = train_apple(net, spec.site, split["train"], split["val"], groups, cfg,
                                                     quiet=True, head=spec.head, run_dir=run_dir)
                 on = {str(module_device(patched.perturbers)), str(module_device(net))}
+                patched.remove()  # the next check starts from the bare deployed model
                 last = history[-1]
                 finite = all(math.isfinite(float(v)) for k, v in last.items() if isinstance(v, float))
                 return {"devices": sorted(on), "cache": chk["cache"], "frozen": state_dict_hash(net) == before,
@@ -110,8 +111,9 @@ def main() -> int:
         for dev in (cuda, "cpu"):
             net.to(dev)
             cfg = AppleConfig(epochs=2, seed=0, perturber="conv", width=8, batch_size=8)
-            _, history, _ = train_apple(net, spec.site, split["train"], split["val"], groups, cfg, quiet=True,
-                                        head=spec.head)
+            patched, history, _ = train_apple(net, spec.site, split["train"], split["val"], groups, cfg, quiet=True,
+                                              head=spec.head)
+            patched.remove()
             out[dev] = history[-1]["val_dice"]
         net.to(cuda)
         diff = abs(out[cuda] - out["cpu"])

@@ -105,3 +105,16 @@ def test_patch_header_is_json(apple_setup, tmp_path):
     assert meta["format"] == "applefair-patch/1"
     assert json.loads(meta["meta"])["apple"]["alpha"] == 1.0
     patched.remove()
+
+
+def test_a_site_takes_one_live_patch_at_a_time(apple_setup):
+    """A second patch on a patched site would silently stack two perturbations: it is refused until .remove()."""
+    net, spec, _, _ = apple_setup
+    x = torch.rand(2, 1, 64, 64)
+    first = PatchedSegmentor(net, perturbers_for(net, [spec.site], x, 8, "conv"))
+    with pytest.raises(InputError, match="already carry a fairness patch"):
+        PatchedSegmentor(net, perturbers_for(net, [spec.site], x, 8, "conv"))
+    first.remove()
+    second = PatchedSegmentor(net, perturbers_for(net, [spec.site], x, 8, "conv"))  # fine once removed
+    second.remove()
+    first.remove()  # removing twice is harmless

@@ -137,3 +137,21 @@ def test_with_the_cache_the_encoder_runs_once_whatever_the_epochs(apple_setup):
         handle.remove()
     assert counts["auto", 3] == counts["auto", 1]
     assert counts["off", 3] > counts["off", 1] > counts["auto", 1] / 2
+
+
+def test_building_the_cache_does_not_run_the_decoder(apple_setup):
+    """Past the last cached module the forward pass stops: only the one tracing pass reaches the decoder."""
+    from applefair.apple.cache import LatentCache
+    from applefair.models.sites import find_module
+
+    net, spec, groups, split = apple_setup
+    head = [m for m in find_module(net, "model.2").modules() if isinstance(m, torch.nn.ConvTranspose2d)][-1]
+    calls = {"n": 0}
+    handle = head.register_forward_hook(lambda *_: calls.__setitem__("n", calls["n"] + 1))
+    try:
+        cache = LatentCache.build(net, [spec.site], split["train"], batch_size=4)
+    finally:
+        handle.remove()
+    assert len(split["train"]) > 8 and calls["n"] == 1  # the tracing pass only, not one per batch
+    idx = torch.arange(len(split["train"]))
+    assert all(cache.lookup(n, idx).shape[0] == len(idx) for n in cache.names)

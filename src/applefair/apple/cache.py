@@ -33,7 +33,8 @@ from applefair.speed import module_device, to_device
 
 
 def cacheable_modules(net: nn.Module, sites: list[str], batch: dict) -> list[str]:
-    """Dotted names of the outermost modules computed before the first perturbed site's output."""
+    """Dotted names of the outermost modules computed before the first perturbed site's output,
+    in the order they finish (the build stops the forward pass after the last one)."""
     modules = dict(net.named_modules())
     site_ids = {id(find_module(net, s)) for s in sites}
     clock = [0]
@@ -70,6 +71,14 @@ def cacheable_modules(net: nn.Module, sites: list[str], batch: dict) -> list[str
         return []
     ok = [n for n in end if end[n] <= first_site_end[0] and calls[n] == 1 and tensor_out[n]]
     return [n for n in ok if not any(n.startswith(o + ".") for o in ok)]
+
+
+class _CacheFilled(Exception):
+    """Stops a forward pass once every cached module has produced its output."""
+
+
+def _stop_forward(_module: nn.Module, _inputs, _output) -> None:
+    raise _CacheFilled
 
 
 class LatentCache:
@@ -134,11 +143,17 @@ class LatentCache:
         outs: dict[str, torch.Tensor] = {}
         handles = [find_module(net, n).register_forward_hook(
             lambda _m, _i, o, n=n: outs.__setitem__(n, o.detach())) for n in names]
+        # `names` is in order of completion: once the last one has run (and been recorded by the hook
+        # above, registered first), the rest of the forward pass (the decoder) is not needed
+        handles.append(find_module(net, names[-1]).register_forward_hook(_stop_forward))
         home: torch.device | None = None  # where the in-memory store lives
         try:
             with torch.no_grad():
                 for batch in loader:
-                    segment(net, to_device(batch, dev))
+                    try:
+                        segment(net, to_device(batch, dev))
+                    except _CacheFilled:
+                        pass
                     pos = rows[batch["index"].cpu()]
                     if home is None:
                         home = _home(dev, n_held, [outs[n] for n in names]) if folder is None else None

@@ -37,7 +37,13 @@ class PatchedSegmentor(nn.Module):
         self.latents: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.enabled = True
         self.on_latents = None  # optional callback(latents) after each forward (e.g. to collect probe features)
+        taken = [s for s in self.sites if getattr(find_module(net, s), "_applefair_patched", False)]
+        if taken:  # two live patches on one site would silently stack their perturbations
+            raise InputError(f"site(s) {', '.join(taken)} already carry a fairness patch; call .remove() on the "
+                             "earlier patched model first")
         self._handles = [find_module(net, s).register_forward_hook(self._hook(s)) for s in self.sites]
+        for s in self.sites:
+            find_module(net, s)._applefair_patched = True
 
     def _hook(self, site: str):
         def hook(_module, _inputs, output):
@@ -71,6 +77,9 @@ class PatchedSegmentor(nn.Module):
         """Detach the hooks; the wrapped network is then exactly the deployed one."""
         for h in self._handles:
             h.remove()
+        if self._handles:
+            for s in self.sites:
+                find_module(self.net, s)._applefair_patched = False
         self._handles = []
 
 

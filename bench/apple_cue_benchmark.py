@@ -40,6 +40,8 @@ PINNED = {"perturber": "unet", "width": 32}
 VARIANTS: dict[str, dict] = {
     "default": {},
     "auto": {"perturber": "auto"},  # today's default: the perturber sized to the model
+    "negce": {"objective": "negce"},  # the paper's -CE term alone
+    "entropy_only": {"objective": "none", "beta": 1.0},  # the paper's entropy term alone
     "lseg_only": {"objective": "none", "alpha": 0.0, "beta": 0.0, "balanced_seg": True},
     "grl": {"objective": "grl"},
     "all_sites": {"sites": "all"},

@@ -38,6 +38,7 @@ from applefair.errors import InputError
 from applefair.metrics.evaluate import predict_scores
 from applefair.metrics.fairness import fairness_summary
 from applefair.models.registry import ModelSpec
+from applefair.models.sites import find_module
 from applefair.models.train import augment_batch
 from applefair.progress import progress_bar
 from applefair.seeding import seed_everything
@@ -255,3 +256,15 @@ def start_copy(net: nn.Module) -> nn.Module:
 
 def count_trainable(module: nn.Module) -> int:
     return count_params(p for p in module.parameters() if p.requires_grad)
+
+
+def finetune_copy(net: nn.Module, spec: ModelSpec, train: SegmentationDataset, val: SegmentationDataset,
+                  groups: GroupSpec, budget: Budget, step: Callable[[dict, nn.Module], torch.Tensor], label: str,
+                  quiet: bool = False, sampler_fn: Callable[[torch.Generator], Sampler] | None = None) -> FitResult:
+    """Retrain a whole copy of `net` with `finetune`: the fit that erm, resampling, groupdro and febs
+    share (they differ only in the loss `step` and, for resampling, the sampler)."""
+    model = start_copy(net)
+    with Timer() as t:
+        history, best = finetune(model, model, train, val, groups, budget, step, label, quiet, sampler_fn=sampler_fn)
+    return FitResult(model=model, trainable_params=count_trainable(model), seconds=t.seconds, history=history,
+                     frozen=False, latent_module=find_module(model, spec.site), selected_epoch=best)

@@ -22,19 +22,10 @@ from monai.losses import DiceLoss
 from torch import nn
 
 from applefair import distributed
-from applefair.baselines.base import (
-    Budget,
-    FitResult,
-    Method,
-    Timer,
-    count_trainable,
-    finetune,
-    start_copy,
-)
+from applefair.baselines.base import Budget, FitResult, Method, finetune_copy
 from applefair.data.groups import GroupSpec
 from applefair.data.manifest import SegmentationDataset
 from applefair.models.registry import ModelSpec, segment
-from applefair.models.sites import find_module
 
 EPS = 1e-6
 
@@ -81,14 +72,9 @@ class FEBS(Method):
     def fit(self, net: nn.Module, spec: ModelSpec, train: SegmentationDataset, val: SegmentationDataset,
             groups: GroupSpec, budget: Budget, options: Mapping | None = None, quiet: bool = False) -> FitResult:
         opts = self.options(options)
-        model = start_copy(net)
 
         def step(batch: dict, fwd: nn.Module) -> torch.Tensor:
             loss, _ = febs_loss(segment(fwd, batch), batch["mask"], batch["group"], groups.num_groups, **opts)
             return loss
 
-        with Timer() as t:
-            history, best = finetune(model, model, train, val, groups, budget, step, "febs fine-tune", quiet)
-        return FitResult(model=model, trainable_params=count_trainable(model), seconds=t.seconds,
-                         history=history, frozen=False, latent_module=find_module(model, spec.site),
-                         selected_epoch=best)
+        return finetune_copy(net, spec, train, val, groups, budget, step, "febs fine-tune", quiet)

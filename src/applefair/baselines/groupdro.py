@@ -14,20 +14,10 @@ import torch
 from torch import nn
 
 from applefair import distributed
-from applefair.baselines.base import (
-    Budget,
-    FitResult,
-    Method,
-    Timer,
-    count_trainable,
-    finetune,
-    per_sample_seg_loss,
-    start_copy,
-)
+from applefair.baselines.base import Budget, FitResult, Method, finetune_copy, per_sample_seg_loss
 from applefair.data.groups import GroupSpec
 from applefair.data.manifest import SegmentationDataset
 from applefair.models.registry import ModelSpec, segment
-from applefair.models.sites import find_module
 
 
 class GroupDROLoss:
@@ -68,13 +58,9 @@ class GroupDRO(Method):
     def fit(self, net: nn.Module, spec: ModelSpec, train: SegmentationDataset, val: SegmentationDataset,
             groups: GroupSpec, budget: Budget, options: Mapping | None = None, quiet: bool = False) -> FitResult:
         opts = self.options(options)
-        model = start_copy(net)
         dro = GroupDROLoss(groups.num_groups, eta=opts["eta"])
-        with Timer() as t:
-            history, best = finetune(
-                model, model, train, val, groups, budget,
-                lambda b, fwd: dro(per_sample_seg_loss(segment(fwd, b), b["mask"]), b["group"]),
-                "groupdro fine-tune", quiet)
-        return FitResult(model=model, trainable_params=count_trainable(model), seconds=t.seconds,
-                         history=history, frozen=False, latent_module=find_module(model, spec.site),
-                         selected_epoch=best, extra={"q": dro.q.cpu().tolist()})
+        fit = finetune_copy(net, spec, train, val, groups, budget,
+                            lambda b, fwd: dro(per_sample_seg_loss(segment(fwd, b), b["mask"]), b["group"]),
+                            "groupdro fine-tune", quiet)
+        fit.extra = {"q": dro.q.cpu().tolist()}
+        return fit

@@ -14,19 +14,10 @@ from monai.losses import DiceCELoss
 from torch import nn
 from torch.utils.data import WeightedRandomSampler
 
-from applefair.baselines.base import (
-    Budget,
-    FitResult,
-    Method,
-    Timer,
-    count_trainable,
-    finetune,
-    start_copy,
-)
+from applefair.baselines.base import Budget, FitResult, Method, finetune_copy
 from applefair.data.groups import GroupSpec
 from applefair.data.manifest import SegmentationDataset
 from applefair.models.registry import ModelSpec, segment
-from applefair.models.sites import find_module
 
 
 def balanced_weights(group_ids: np.ndarray) -> np.ndarray:
@@ -51,17 +42,12 @@ class Resampling(Method):
     def fit(self, net: nn.Module, spec: ModelSpec, train: SegmentationDataset, val: SegmentationDataset,
             groups: GroupSpec, budget: Budget, options: Mapping | None = None, quiet: bool = False) -> FitResult:
         self.options(options)
-        model = start_copy(net)
         loss_fn = DiceCELoss(sigmoid=True)
         weights = torch.as_tensor(balanced_weights(train.group_ids), dtype=torch.double)
 
         def sampler(gen: torch.Generator) -> WeightedRandomSampler:
             return WeightedRandomSampler(weights, num_samples=len(train), replacement=True, generator=gen)
 
-        with Timer() as t:
-            history, best = finetune(model, model, train, val, groups, budget,
-                                     lambda b, fwd: loss_fn(segment(fwd, b), b["mask"]), "resampling fine-tune",
-                                     quiet, sampler_fn=sampler)
-        return FitResult(model=model, trainable_params=count_trainable(model), seconds=t.seconds,
-                         history=history, frozen=False, latent_module=find_module(model, spec.site),
-                         selected_epoch=best)
+        return finetune_copy(net, spec, train, val, groups, budget,
+                             lambda b, fwd: loss_fn(segment(fwd, b), b["mask"]), "resampling fine-tune", quiet,
+                             sampler_fn=sampler)

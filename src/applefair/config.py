@@ -13,16 +13,17 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from applefair.errors import InputError
 
 M = TypeVar("M", bound=BaseModel)
 
-Device = Literal["auto", "cpu", "cuda"]
+# what `--device` accepts everywhere (resolved by `applefair.speed.resolve_device`)
+Device = Annotated[str, StringConstraints(pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")]
 
 
 class Settings(BaseModel):
@@ -44,7 +45,7 @@ class DemoSettings(Settings):
     erm_lr: float | None = Field(None, gt=0.0, description="Learning rate of ERM training (default 3e-3, quick 5e-3).")
     apple_epochs: int | None = Field(None, ge=1, description="Epochs of APPLE training (default 20, quick 4).")
     channels: list[int] | None = Field(None, min_length=2, description="U-Net channels per level.")
-    device: Device = Field("auto", description="auto, cpu or cuda.")
+    device: Device = Field("auto", description="auto, cpu, cuda or cuda:N.")
 
 
 def _format_loc(loc: tuple) -> str:

@@ -59,3 +59,10 @@ def test_device_resolution(monkeypatch):
         resolve_device("cuda")
     with pytest.raises(InputError, match="expected auto, cpu, cuda or cuda:N"):
         resolve_device("gpu")
+
+
+def test_device_setting_takes_what_the_resolver_takes():
+    """Settings accept every --device form the resolver knows (cuda:N too) and name the key otherwise."""
+    assert resolve_settings(DemoSettings, None, device="cuda:1").device == "cuda:1"
+    with pytest.raises(InputError, match="key 'device'"):
+        resolve_settings(DemoSettings, None, device="gpu")

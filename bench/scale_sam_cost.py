@@ -7,6 +7,7 @@ A reduced input size (128 px, 8x8 tokens) keeps it to minutes on a CPU; the rati
 in APPLE's favour at SAM's native 1024 px, where the encoder's share is larger still.
 
     python bench/scale_sam_cost.py --out bench/results/scale_sam_cost.json
+    python bench/scale_sam_cost.py --device cuda --img-size 1024 --batch-size 2 --out OUT.json
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from applefair.io import write_json  # noqa: E402
 from applefair.perf.config import BenchConfig  # noqa: E402
 from applefair.perf.measure import machine  # noqa: E402
 from applefair.perf.workloads import mitigation_cost  # noqa: E402
+from applefair.speed import resolve_device  # noqa: E402
 
 
 def main() -> None:
@@ -32,8 +34,11 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=60, help="images in the data set (60%% train)")
     ap.add_argument("--epochs", type=int, default=2)
     ap.add_argument("--methods", nargs="+", default=["resampling"])
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     args = ap.parse_args()
-    cfg = BenchConfig(n=args.n, size=64, epochs=args.epochs, batch_size=8, methods=tuple(args.methods))
+    cfg = BenchConfig(n=args.n, size=64, epochs=args.epochs, batch_size=args.batch_size, methods=tuple(args.methods),
+                      device=str(resolve_device(args.device)))
     with tempfile.TemporaryDirectory() as work:
         out = mitigation_cost(cfg, Path(work), "sam", args={"variant": "vit_b", "img_size": args.img_size})
     result = {"machine": machine(), "args": vars(args) | {"out": str(args.out)}, "sam_vit_b": out}

@@ -127,7 +127,12 @@ def _load(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
 def _run(cmd: list[str], cwd: Path) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    if proc.returncode != 0:  # a worker's traceback can sit anywhere in torchrun's stderr, before pages of warnings
+        lines = proc.stderr.splitlines()
+        start = next((i for i, line in enumerate(lines) if "Traceback" in line or "Error" in line), len(lines))
+        pytest.fail(f"exit {proc.returncode}: {' '.join(cmd[-4:])}\n--- stderr from the first error ---\n"
+                    + "\n".join(lines[start:start + 80]) + "\n--- stderr tail ---\n" + "\n".join(lines[-30:])
+                    + "\n--- stdout tail ---\n" + proc.stdout[-2000:])
 
 
 # Largest difference allowed between 1 and 2 processes. Measured (2026-11-26): toy 2e-7, ERM (SGD)

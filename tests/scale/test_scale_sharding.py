@@ -133,6 +133,9 @@ def test_cache_delivers_on_the_gpu_from_any_store(store, tmp_path, tiny_manifest
     from applefair.data.manifest import SegmentationDataset, read_manifest
     from applefair.models.registry import create_segmentor
 
+    # TF32 convolutions (cuDNN's default) differ from the CPU by ~1e-3; compare in true fp32
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     frame = read_manifest(tiny_manifest)
     train = SegmentationDataset(frame, GroupSpec("sex").fit(frame), "train")
     torch.manual_seed(0)

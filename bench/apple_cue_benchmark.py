@@ -51,6 +51,28 @@ VARIANTS: dict[str, dict] = {
     "grl_a10_all_sites": {"objective": "grl", "alpha": 10.0, "sites": "all"},
     "grl_lowlr": {"objective": "grl", "lr_g": 1e-4},
     "grl_all_sites_lowlr": {"objective": "grl", "sites": "all", "lr_g": 1e-4},
+    # the game's balance and the remaining knobs of the objective (KL, U shape w32)
+    "nd3": {"n_d": 3},
+    "lrd_1e-4": {"lr_d": 1e-4},
+    "lrd_1e-2": {"lr_d": 1e-2},
+    "kl_a03": {"alpha": 0.3},
+    "kl_a3": {"alpha": 3.0},
+    "lam_0.1": {"lam": 0.1},
+    "film": {"global_branch": True},
+    # group-mean matching of the pooled statistics (linear erasure), alone and beside KL / GRL
+    "match": {"objective": "none", "gamma": 1.0},
+    "match10": {"objective": "none", "gamma": 10.0},
+    "match30": {"objective": "none", "gamma": 30.0},
+    "match100": {"objective": "none", "gamma": 100.0},
+    "match10_last": {"objective": "none", "gamma": 10.0, "selection": "last"},
+    "match100_last": {"objective": "none", "gamma": 100.0, "selection": "last"},
+    "match10_private": {"objective": "none", "gamma": 10.0, "max_probe_auc": 0.65},
+    "match10_all_sites": {"objective": "none", "gamma": 10.0, "sites": "all"},
+    "match10_all_sites_last": {"objective": "none", "gamma": 10.0, "sites": "all", "selection": "last"},
+    "kl_match": {"gamma": 1.0},
+    "grl_match": {"objective": "grl", "gamma": 1.0},
+    "auto_kl_match": {"perturber": "auto", "gamma": 1.0},
+    "auto_match10": {"perturber": "auto", "objective": "none", "gamma": 10.0},
 }
 MODELS = {"unet": {"name": "unet", "channels": [16, 32, 64, 128], "num_res_units": 1},
           "sam": {"name": "sam", "variant": "tiny"}}
@@ -114,9 +136,10 @@ def _evaluate(model, dataset, groups, sites: list[str], seed: int, resamples: in
     signed = d[idx][:, first].mean(1) - d[idx][:, ~first].mean(1)
     res["gap_signed"] = res[f"dice_{groups.groups[0]}"] - res[f"dice_{groups.groups[1]}"]
     res["gap_signed_ci"] = list(percentile_ci(signed))
-    for name, x in probes.items():
-        rep = probe_report(x, ids, probes=("logistic",), seed=seed, resamples=resamples)["logistic"]
-        res[f"auc_{name}"], res[f"auc_{name}_ci"] = rep["auc"], rep["auc_ci"]
+    for name, x in probes.items():  # the logistic probe is the judge; the MLP reads non-linear leakage too
+        reps = probe_report(x, ids, probes=("logistic", "mlp"), seed=seed, resamples=resamples)
+        res[f"auc_{name}"], res[f"auc_{name}_ci"] = reps["logistic"]["auc"], reps["logistic"]["auc_ci"]
+        res[f"mlp_auc_{name}"], res[f"mlp_auc_{name}_ci"] = reps["mlp"]["auc"], reps["mlp"]["auc_ci"]
     return res, frame
 
 

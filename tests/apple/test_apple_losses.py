@@ -12,6 +12,7 @@ from applefair.apple.losses import (
     adversarial_term,
     balanced_weights,
     grad_reverse,
+    group_mean_gap,
     known_accuracy,
     known_ce,
     known_kl_uniform,
@@ -91,3 +92,48 @@ def test_balanced_accuracy_ignores_group_sizes():
     logits = torch.tensor([[1.0, 0.0]] * 9 + [[1.0, 0.0]])
     groups = torch.tensor([0] * 9 + [1])
     assert known_accuracy(logits, groups) == pytest.approx(0.5)
+
+
+def test_group_mean_gap_reads_a_shift_and_cannot_be_shrunk_by_inflating_the_features():
+    """A shift of d reference standard deviations in one of P features reads as about d^2 / P; scaling
+    the features up (what a perturber could do) scales the read up, not down, against a fixed reference."""
+    gen = torch.Generator().manual_seed(0)
+    a = torch.tensor([0] * 4 + [1] * 12)  # a small minority, as in a batch of 16
+    same, shifted, inflated = [], [], []
+    for _ in range(500):
+        x = torch.randn(16, 8, generator=gen)
+        same.append(float(group_mean_gap(x, a, 2, reference=x)))
+        y = x.clone()
+        y[a == 0, 0] += 2.0
+        shifted.append(float(group_mean_gap(y, a, 2, reference=x)))
+        inflated.append(float(group_mean_gap(10 * y, a, 2, reference=x)))
+    mean = lambda v: sum(v) / len(v)  # noqa: E731
+    noise = 1 / 4 + 1 / 12  # each feature's sampling noise of the two means, in reference units
+    assert abs(mean(same) - noise) < 0.05
+    assert abs(mean(shifted) - (noise + 4 / 8)) < 0.1
+    assert mean(inflated) > 50 * mean(shifted)
+
+
+def test_group_mean_gap_descends_to_equal_means_without_collapsing_the_spread():
+    torch.manual_seed(0)
+    a = torch.tensor([0] * 8 + [1] * 24)
+    base = torch.randn(32, 4)
+    x = (base + 3.0 * a[:, None]).requires_grad_(True)
+    opt = torch.optim.SGD([x], lr=0.5)
+    for _ in range(200):
+        opt.zero_grad()
+        group_mean_gap(x, a, 2).backward()
+        opt.step()
+    x = x.detach()
+    gap = (x[a == 0].mean(0) - x[a == 1].mean(0)).abs().max()
+    spread = torch.stack([x[a == g].std(0) for g in (0, 1)]).min()
+    assert gap < 0.1 * 3.0 and spread > 0.5 * float(base.std(0).min())
+
+
+def test_group_mean_gap_skips_what_it_cannot_estimate():
+    x = torch.randn(6, 3, requires_grad=True)
+    assert float(group_mean_gap(x, torch.tensor([0, 1, 1, 1, 1, -1]), 2).detach()) == 0.0  # one sample in group 0
+    assert float(group_mean_gap(x, torch.tensor([-1] * 6), 2).detach()) == 0.0
+    three = group_mean_gap(x, torch.tensor([0, 0, 1, 1, 2, 2]), 3)
+    three.backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()

@@ -64,13 +64,13 @@ def test_three_groups_unknowns_all_sites_and_every_option(apple_setup, tiny_fram
     assert groups.num_groups == 3
     split = {s: SegmentationDataset(frame, groups, s) for s in ("train", "val")}
     sites = list(spec.skip_sites) + [spec.site]
-    cfg = AppleConfig(epochs=2, objective="grl", beta=0.5, lam=0.1, balanced_seg=True, d_spectral_norm=True,
+    cfg = AppleConfig(epochs=2, objective="grl", beta=0.5, lam=0.1, gamma=0.5, balanced_seg=True, d_spectral_norm=True,
                       d_label_smoothing=0.1, n_d=2, d_warmup=1, sites=sites, global_branch=True,
                       perturber="unet", width=4, res_blocks=1, d_hidden=16, batch_size=8)
     patched, history, check = train_apple(net, spec.site, split["train"], split["val"], groups, cfg, quiet=True)
     assert check["unchanged"] and check["sites"] == sites
     assert history[1]["warmup"] is True and history[2]["warmup"] is False
-    for key in ("l_seg", "l_d", "d_acc", "d_entropy", "probe_auc", "val_dice", "val_es_dice"):
+    for key in ("l_seg", "l_d", "d_acc", "d_entropy", "mean_gap", "probe_auc", "val_dice", "val_es_dice"):
         assert math.isfinite(history[-1][key]), key
     assert 0.0 <= history[-1]["d_entropy"] <= math.log(3) + 1e-6
     patched.remove()
@@ -91,6 +91,22 @@ def test_early_stopping_keeps_the_deployed_model_when_nothing_qualifies(apple_se
     patched.remove()
 
 
+def test_a_leakage_bound_only_selects_epochs_whose_probe_is_below_it(apple_setup):
+    net, spec, groups, split = apple_setup
+    free = AppleConfig(epochs=3, tolerance=1.0, d_warmup=0, **FAST)  # every epoch qualifies on Dice
+    first, history, check = train_apple(net, spec.site, split["train"], split["val"], groups, free, quiet=True)
+    first.remove()
+    aucs = {r["epoch"]: r["probe_auc"] for r in history[1:]}
+    assert check["selected_epoch"] > 0  # else the bound below could not change the choice
+    bound = min(aucs.values()) - 1e-9  # below every epoch's probe: none may be selected
+    cfg = AppleConfig(epochs=3, tolerance=1.0, d_warmup=0, max_probe_auc=max(bound, 0.5), **FAST)
+    patched, history2, check2 = train_apple(net, spec.site, split["train"], split["val"], groups, cfg, quiet=True)
+    assert [r["probe_auc"] for r in history2[1:]] == list(aucs.values())  # the same game, only the choice differs
+    assert check2["selected_epoch"] == 0 or history2[check2["selected_epoch"]]["probe_auc"] <= cfg.max_probe_auc
+    assert bound >= 0.5 and check2["selected_epoch"] == 0, aucs
+    patched.remove()
+
+
 def test_config_errors_name_the_key():
     with pytest.raises(InputError, match="objective='flip'"):
         AppleConfig(objective="flip")
@@ -98,6 +114,8 @@ def test_config_errors_name_the_key():
         AppleConfig.from_dict({"alpah": 1.0})
     with pytest.raises(InputError, match="epochs"):
         AppleConfig(epochs=0)
+    with pytest.raises(InputError, match="max_probe_auc=0.3"):
+        AppleConfig(max_probe_auc=0.3)
 
 
 def test_bf16_autocast_runs_the_game_and_fp16_is_refused(apple_setup):

@@ -22,8 +22,10 @@ class AppleConfig:
 
     Objective: L_G = L_seg + adv + lam * ||G_p(f_o)||^2, adv chosen by `objective`
     (negce: -alpha*CE, the paper; kl: alpha*KL(uniform||D); grl: gradient reversal; none),
-    plus -beta * entropy(D). Selection: the epoch with the best validation ES-Dice among those
-    whose overall validation Dice is at most `tolerance` below the deployed model's.
+    plus -beta * entropy(D) and gamma * the groups' distance in mean pooled statistics of f_p.
+    Selection: the epoch with the best validation ES-Dice among those
+    whose overall validation Dice is at most `tolerance` below the deployed model's (and whose
+    fresh probe's validation AUC is at most `max_probe_auc`).
     """
 
     epochs: int = 30
@@ -43,6 +45,8 @@ class AppleConfig:
     alpha: float = 1.0
     beta: float = 0.0
     lam: float = 0.0
+    # group-mean matching of f_p's pooled (mean, std) statistics: what a fresh linear probe reads
+    gamma: float = 0.0
     balanced_seg: bool = False  # group-balanced weighting of L_seg
     # discriminator D_p
     d_hidden: int = 128
@@ -60,6 +64,8 @@ class AppleConfig:
     # selection and stopping
     selection: str = "es_dice"  # es_dice (with the Dice tolerance) | last
     tolerance: float = 0.01
+    # also require the fresh probe's validation AUC at most this (1.0: no leakage requirement)
+    max_probe_auc: float = 1.0
     patience: int = 0  # epochs without a better selected score before stopping (0: never)
     # latent cache: auto = in memory unless `augment`
     cache: str = "auto"
@@ -82,6 +88,8 @@ class AppleConfig:
                 raise InputError(f"apple config: {key}={getattr(self, key)} (expected an integer >= 1)")
         if not self.max_params_ratio > 0:
             raise InputError(f"apple config: max_params_ratio={self.max_params_ratio} (expected a share > 0)")
+        if not 0.5 <= self.max_probe_auc <= 1.0:
+            raise InputError(f"apple config: max_probe_auc={self.max_probe_auc} (expected 0.5 <= value <= 1)")
         if not 0.0 <= self.d_dropout < 1.0:
             raise InputError(f"apple config: d_dropout={self.d_dropout} (expected 0 <= value < 1)")
         if not 0.0 <= self.d_label_smoothing < 1.0:

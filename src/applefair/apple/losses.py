@@ -7,7 +7,10 @@ adv, by `objective`:
 - "kl":      alpha * KL(uniform || softmax(D_p(f_p)))     (pushes D's output to chance; never saturates)
 - "grl":     -alpha * CE through a gradient-reversal layer, D updated in the same step (DANN)
 - "none":    no adversarial term (a control)
-and, with any objective, -beta * H(softmax(D_p(f_p))) (the paper's entropy term).
+and, with any objective, -beta * H(softmax(D_p(f_p))) (the paper's entropy term), and
++gamma * group_mean_gap(pool(f_p), a): the distance between each group's mean pooled statistics
+and the other groups' (linear erasure: when the groups' means are equal, no linear probe of those
+statistics does better than chance in expectation, whatever discriminator was played against).
 Samples with an unknown group (a = -1) contribute to L_seg only.
 """
 
@@ -64,6 +67,38 @@ def known_accuracy(logits: torch.Tensor, groups: torch.Tensor) -> float:
     pred, true = k[0].argmax(1), k[1]
     recalls = [float((pred[true == g] == g).float().mean()) for g in true.unique()]
     return sum(recalls) / len(recalls)
+
+
+def group_mean_gap(features: torch.Tensor, groups: torch.Tensor, num_groups: int,
+                   reference: torch.Tensor | None = None) -> torch.Tensor:
+    """mean_g ||(m_g - m_rest) / s||^2 / P over the groups of the batch: how far apart the groups are.
+
+    `features` (B, P) are pooled latent statistics; m_g the mean of group g, m_rest that of the
+    other known samples, s the per-feature standard deviation of `reference` (B, P) — the
+    unperturbed latent's statistics, so that the perturber cannot shrink the distance by inflating
+    its output — or of `features` themselves (detached) without one. The estimate is the plain
+    squared distance of batch means, biased upwards by their sampling noise, which also rewards a
+    smaller spread within each group. The noise-corrected (unbiased) version was tried and is
+    exploitable: the perturber's BatchNorm couples a batch's samples, so it can make the batch's
+    group means equal and then drive the estimate without bound below zero by inflating the
+    spread (docs/ablation.md). Groups with fewer than two samples in the batch (or two outside it)
+    are skipped; with none left the term is 0.
+    """
+    keep = groups >= 0
+    x, a = features[keep].float(), groups[keep]
+    if len(x) < 4:
+        return features.sum() * 0.0
+    ref = (reference[keep] if reference is not None else x).detach().float()
+    z = x / ref.std(0, unbiased=True).clamp_min(1e-6)
+    terms = []
+    for g in range(num_groups):
+        inside = a == g
+        if int(inside.sum()) < 2 or int((~inside).sum()) < 2:
+            continue
+        terms.append((z[inside].mean(0) - z[~inside].mean(0)).pow(2).sum() / z.shape[1])
+    if not terms:
+        return features.sum() * 0.0
+    return torch.stack(terms).mean()
 
 
 class _Reverse(torch.autograd.Function):

@@ -31,6 +31,7 @@ from applefair.apple.losses import (
     adversarial_term,
     balanced_weights,
     grad_reverse,
+    group_mean_gap,
     known_accuracy,
     known_ce,
     known_entropy,
@@ -196,7 +197,8 @@ def train_apple(net: nn.Module, default_site: str, train: SegmentationDataset, v
                        val_gap=summary["fairness"].get("dice_delta", float("nan")), probe_auc=auc)
             state["history"].append(row)
             log.info("apple epoch %d %s", epoch, {k: round(v, 4) for k, v in row.items()})
-            feasible = row["val_dice"] >= floor and row["val_es_dice"] > state["best_score"]
+            private = cfg.max_probe_auc >= 1.0 or auc <= cfg.max_probe_auc  # NaN (no probe): not private
+            feasible = row["val_dice"] >= floor and private and row["val_es_dice"] > state["best_score"]
             improved = cfg.selection == "last" or feasible
             if improved:
                 state.update(best_score=row["val_es_dice"], best_epoch=epoch, since_best=0)
@@ -244,7 +246,7 @@ def _epoch(epoch: int, patched: PatchedSegmentor, disc: Discriminator, loader: D
             group["lr"] = lr * factor
     patched.train()
     disc.train()
-    sums = {"l_seg": 0.0, "l_d": 0.0, "d_acc": 0.0, "d_entropy": 0.0, "pert_norm": 0.0}
+    sums = {"l_seg": 0.0, "l_d": 0.0, "d_acc": 0.0, "d_entropy": 0.0, "pert_norm": 0.0, "mean_gap": 0.0}
     seen = 0
     dev = freq.device
     for batch in loader:
@@ -272,6 +274,7 @@ def _epoch(epoch: int, patched: PatchedSegmentor, disc: Discriminator, loader: D
         weights = balanced_weights(a, freq) if cfg.balanced_seg else torch.ones_like(per_sample)
         l_seg = (per_sample * weights).mean()
         pert = sum((fp.float() - fo.float()).pow(2).mean() for fo, fp in patched.latents.values()) / len(sites)
+        mean_gap = None
         if warm:
             d_logits = d_logits.detach()
         else:
@@ -285,6 +288,9 @@ def _epoch(epoch: int, patched: PatchedSegmentor, disc: Discriminator, loader: D
             l_g = l_seg + adversarial_term(cfg.objective, d_logits, a, cfg.alpha, cfg.beta)
             if cfg.lam:
                 l_g = l_g + cfg.lam * pert
+            if cfg.gamma:
+                mean_gap = _mean_gap(patched, sites, a, len(freq))
+                l_g = l_g + cfg.gamma * mean_gap
             opt_g.zero_grad(set_to_none=True)
             opt_d.zero_grad(set_to_none=True)
             l_g.backward()
@@ -300,4 +306,15 @@ def _epoch(epoch: int, patched: PatchedSegmentor, disc: Discriminator, loader: D
         sums["d_acc"] += known_accuracy(d_logits.detach(), a) * n
         sums["d_entropy"] += float(known_entropy(d_logits.detach(), a)) * n
         sums["pert_norm"] += float(pert.detach()) * n
+        if mean_gap is None:  # logged whatever gamma is: how far apart the groups' pooled means are
+            with torch.no_grad():
+                mean_gap = _mean_gap(patched, sites, a, len(freq))
+        sums["mean_gap"] += float(mean_gap.detach()) * n
     return {"epoch": epoch, "warmup": warm, **{k: v / max(seen, 1) for k, v in sums.items()}}
+
+
+def _mean_gap(patched: PatchedSegmentor, sites: list[str], groups: torch.Tensor, num_groups: int) -> torch.Tensor:
+    """The groups' distance in f_p's pooled statistics, in units of f_o's (see `group_mean_gap`)."""
+    stats = [(pool(patched.latents[s][1].float()), pool(patched.latents[s][0].float())) for s in sites]
+    return group_mean_gap(torch.cat([p for p, _ in stats], 1), groups, num_groups,
+                          reference=torch.cat([o for _, o in stats], 1))

@@ -62,7 +62,6 @@ VARIANTS: dict[str, dict] = {
     # group-mean matching of the pooled statistics (linear erasure), alone and beside KL / GRL
     "match": {"objective": "none", "gamma": 1.0},
     "match10": {"objective": "none", "gamma": 10.0},
-    "match30": {"objective": "none", "gamma": 30.0},
     "match100": {"objective": "none", "gamma": 100.0},
     "match10_last": {"objective": "none", "gamma": 10.0, "selection": "last"},
     "match100_last": {"objective": "none", "gamma": 100.0, "selection": "last"},
@@ -71,8 +70,6 @@ VARIANTS: dict[str, dict] = {
     "match10_all_sites_last": {"objective": "none", "gamma": 10.0, "sites": "all", "selection": "last"},
     "kl_match": {"gamma": 1.0},
     "grl_match": {"objective": "grl", "gamma": 1.0},
-    "auto_kl_match": {"perturber": "auto", "gamma": 1.0},
-    "auto_match10": {"perturber": "auto", "objective": "none", "gamma": 10.0},
 }
 MODELS = {"unet": {"name": "unet", "channels": [16, 32, 64, 128], "num_res_units": 1},
           "sam": {"name": "sam", "variant": "tiny"}}

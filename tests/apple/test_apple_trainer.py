@@ -102,7 +102,6 @@ def test_a_leakage_bound_only_selects_epochs_whose_probe_is_below_it(apple_setup
     cfg = AppleConfig(epochs=3, tolerance=1.0, d_warmup=0, max_probe_auc=max(bound, 0.5), **FAST)
     patched, history2, check2 = train_apple(net, spec.site, split["train"], split["val"], groups, cfg, quiet=True)
     assert [r["probe_auc"] for r in history2[1:]] == list(aucs.values())  # the same game, only the choice differs
-    assert check2["selected_epoch"] == 0 or history2[check2["selected_epoch"]]["probe_auc"] <= cfg.max_probe_auc
     assert bound >= 0.5 and check2["selected_epoch"] == 0, aucs
     patched.remove()
 

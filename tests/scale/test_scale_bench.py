@@ -60,9 +60,26 @@ def test_inference_overhead_tiny_unet():
 
 
 @pytest.mark.slow
-def test_mitigation_cost_and_epoch_clock_on_tiny_data(tmp_path, tiny_manifest):
+def test_mitigation_cost_and_epoch_clock_on_tiny_data(tmp_path, tiny_manifest, monkeypatch):
+    import applefair.baselines as baselines
+
+    real, given = baselines.get_method, []
+
+    class Spy:  # records the options each method is fitted with, then fits for real
+        def __init__(self, name):
+            self.name, self.method = name, real(name)
+
+        def fit(self, *args):
+            given.append((self.name, args[6]))
+            return self.method.fit(*args)
+
+    monkeypatch.setattr(baselines, "get_method", Spy)
     cfg = BenchConfig(n=40, size=32, deploy_epochs=1, epochs=1, batch_size=8, methods=("resampling",))
     out = mitigation_cost(cfg, tmp_path, "unet", tiny=True)
+    # the baselines train in fp32, so APPLE is timed in fp32 too (bf16 only beside it, on a GPU)
+    assert [(n, o["precision"], o["cache"]) for n, o in given if n == "apple"] == [("apple", "fp32", "memory"),
+                                                                                   ("apple", "fp32", "off")]
+    assert "apple_cached_bf16" not in out["runs"]
     assert out["cheapest_baseline"] == "resampling"
     runs = out["runs"]
     for name in ("resampling", "apple_cached", "apple_uncached"):

@@ -49,7 +49,7 @@ def _data(out: Path, bias: str, seed: int, dcfg: dict):
 
 def _deployed(out: Path, bias: str, seed: int, cfg: dict, split: dict, groups):
     from applefair.models.registry import create_segmentor, load_model_dir, save_model_dir
-    from applefair.models.train import TrainConfig, train_segmentor
+    from applefair.training.erm import TrainConfig, train_segmentor
 
     folder = out / "models" / f"{cfg['model']['name']}_{bias}_s{seed}"
     if (folder / "model.yaml").is_file():
@@ -67,7 +67,7 @@ def decoder_inputs_auc(model, net, sites: list[str], dataset, seed: int) -> floa
     """Fresh-probe AUC on the pooled outputs of `sites` (read after any perturbation), concatenated."""
     from applefair.apple.discriminator import pool
     from applefair.metrics.leakage import probe_auc
-    from applefair.models.registry import segment
+    from applefair.models.forward import segment
     from applefair.models.sites import find_module
 
     feats: dict[str, list] = {s: [] for s in sites}

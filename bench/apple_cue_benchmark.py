@@ -92,7 +92,7 @@ def _data(out: Path, a: argparse.Namespace, bias: str, seed: int):
 
 def _deployed(out: Path, a: argparse.Namespace, model: str, bias: str, seed: int, split: dict, groups):
     from applefair.models.registry import create_segmentor, load_model_dir, save_model_dir
-    from applefair.models.train import TrainConfig, train_segmentor
+    from applefair.training.erm import TrainConfig, train_segmentor
 
     folder = out / "models" / f"{model}_{bias}_m{a.minority_share}_s{a.strength}_seed{seed}"
     if (folder / "model.yaml").is_file():

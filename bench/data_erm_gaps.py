@@ -24,7 +24,7 @@ from applefair.data.manifest import SegmentationDataset, read_manifest
 from applefair.data.synthetic import BIASES, KIND_OF_BIAS, generate
 from applefair.metrics.evaluate import predict_scores
 from applefair.models.registry import create_segmentor
-from applefair.models.train import TrainConfig, train_segmentor
+from applefair.training.erm import TrainConfig, train_segmentor
 
 MINORITY = {"nodules": ("sex", "F"), "vessels": ("age", None)}
 

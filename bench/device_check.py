@@ -27,11 +27,11 @@ from applefair.baselines import Budget, get_method, list_methods
 from applefair.data.groups import GroupSpec
 from applefair.data.manifest import SegmentationDataset, read_manifest
 from applefair.data.synthetic import generate
-from applefair.io import state_dict_hash
+from applefair.engine.device import module_device
+from applefair.engine.io import state_dict_hash
 from applefair.metrics.evaluate import predict_scores
 from applefair.models.registry import create_segmentor
-from applefair.models.train import TrainConfig, train_segmentor
-from applefair.speed import module_device
+from applefair.training.erm import TrainConfig, train_segmentor
 
 RESULTS: list[dict] = []
 

@@ -22,10 +22,10 @@ import torch
 from applefair.apple.config import AppleConfig
 from applefair.apple.trainer import train_apple
 from applefair.data import GroupSpec, SegmentationDataset, generate, read_manifest
-from applefair.io import state_dict_hash
+from applefair.engine.io import state_dict_hash
 from applefair.metrics.evaluate import predict_scores
 from applefair.models import create_segmentor, list_models
-from applefair.models.train import TrainConfig, train_segmentor
+from applefair.training.erm import TrainConfig, train_segmentor
 
 
 def main() -> None:

@@ -19,9 +19,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import yaml  # noqa: E402
 
-from applefair.io import write_json  # noqa: E402
-from applefair.perf.measure import machine  # noqa: E402
-from applefair.perf.workloads import inference_overhead  # noqa: E402
+from applefair.engine.io import write_json  # noqa: E402
+from applefair.workflows.bench.measure import machine  # noqa: E402
+from applefair.workflows.bench.workloads import inference_overhead  # noqa: E402
 
 
 def main() -> None:

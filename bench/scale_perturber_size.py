@@ -26,11 +26,11 @@ from applefair.baselines.base import Budget  # noqa: E402
 from applefair.data.groups import GroupSpec  # noqa: E402
 from applefair.data.manifest import SegmentationDataset, read_manifest  # noqa: E402
 from applefair.data.synthetic import generate  # noqa: E402
-from applefair.io import write_csv  # noqa: E402
+from applefair.engine.io import write_csv  # noqa: E402
 from applefair.metrics.evaluate import predict_scores  # noqa: E402
 from applefair.metrics.fairness import fairness_summary  # noqa: E402
 from applefair.models.registry import create_segmentor  # noqa: E402
-from applefair.models.train import TrainConfig, train_segmentor  # noqa: E402
+from applefair.training.erm import TrainConfig, train_segmentor  # noqa: E402
 
 VARIANTS = {  # label -> APPLE options
     "unet-w32": {"perturber": "unet", "width": 32},  # the paper's shape (the default on large models)

@@ -20,11 +20,11 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from applefair.io import write_json  # noqa: E402
-from applefair.perf.config import BenchConfig  # noqa: E402
-from applefair.perf.measure import machine  # noqa: E402
-from applefair.perf.workloads import mitigation_cost  # noqa: E402
-from applefair.speed import resolve_device  # noqa: E402
+from applefair.engine.device import resolve_device  # noqa: E402
+from applefair.engine.io import write_json  # noqa: E402
+from applefair.workflows.bench.config import BenchConfig  # noqa: E402
+from applefair.workflows.bench.measure import machine  # noqa: E402
+from applefair.workflows.bench.workloads import mitigation_cost  # noqa: E402
 
 
 def main() -> None:

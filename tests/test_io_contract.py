@@ -7,8 +7,8 @@ import pytest
 
 from applefair.data.manifest import SegmentationDataset, read_manifest
 from applefair.data.synthetic import generate
+from applefair.engine.io import staged_dir, write_text
 from applefair.errors import InputError
-from applefair.io import staged_dir, write_text
 
 
 def test_staged_dir_leaves_nothing_on_failure(tmp_path):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from applefair.apple.patch import PatchedSegmentor, perturbers_for
-from applefair.io import state_dict_hash
+from applefair.engine.io import state_dict_hash
 from applefair.models.registry import create_segmentor, load_model_dir
 
 FAIRNESS_KEYS = {"dice_delta", "dice_skewness", "dice_std", "dice_worst", "es_dice_sum", "es_dice_std"}

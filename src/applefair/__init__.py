@@ -1,6 +1,6 @@
 """applefair: post-hoc fairness for deployed medical image segmentors (APPLE)."""
 
-__version__ = "0.1.0"
+from applefair._version import __version__
 
 __all__ = ["__version__", "attach"]
 

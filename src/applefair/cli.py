@@ -23,9 +23,9 @@ err_console = Console(stderr=True)
 
 def _print_version(value: bool) -> None:
     if value:
-        import applefair
+        from applefair._version import __version__
 
-        typer.echo(f"applefair {applefair.__version__}")
+        typer.echo(f"applefair {__version__}")
         raise typer.Exit()
 
 
@@ -53,7 +53,7 @@ _register_commands()
 
 def main() -> None:
     """Entry point: runs the app and turns exceptions into the documented exit codes."""
-    from applefair.logs import install_memory_log, write_crash_log
+    from applefair.engine.logs import install_memory_log, write_crash_log
 
     install_memory_log()
     try:

@@ -10,7 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 import applefair
-from applefair.apple.run import folder_hash
+from applefair.engine.io import folder_hash
 from applefair.errors import InputError
 
 

@@ -48,7 +48,7 @@ def test_patch_roundtrip_attaches_to_the_unchanged_model(apple_setup, apple_mode
 
 
 def test_attach_rejects_files_that_are_not_patches(apple_setup, tmp_path):
-    from applefair.io import save_tensors
+    from applefair.engine.io import save_tensors
 
     net, _, _, _ = apple_setup
     save_tensors(tmp_path / "other.safetensors", {"w": torch.zeros(2)})

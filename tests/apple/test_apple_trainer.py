@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from applefair.apple import AppleConfig, train_apple
+from applefair.engine.io import state_dict_hash
 from applefair.errors import InputError
-from applefair.io import state_dict_hash
 
 FAST = {"perturber": "conv", "width": 8, "d_hidden": 16, "batch_size": 8}
 

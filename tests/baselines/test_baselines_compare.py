@@ -9,10 +9,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from applefair.baselines.compare import run_compare
-from applefair.baselines.settings import load_compare_settings
 from applefair.cli import app
 from applefair.errors import InputError
+from applefair.workflows.compare.run import run_compare
+from applefair.workflows.compare.settings import load_compare_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = {

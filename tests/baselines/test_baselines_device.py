@@ -11,10 +11,11 @@ from applefair.baselines import Budget, get_method, list_methods
 from applefair.baselines.base import finetune
 from applefair.data.groups import GroupSpec
 from applefair.data.manifest import SegmentationDataset
+from applefair.engine.device import module_device
+from applefair.engine.io import state_dict_hash
 from applefair.errors import InputError
-from applefair.io import state_dict_hash
-from applefair.models.registry import create_segmentor, segment
-from applefair.speed import module_device
+from applefair.models.forward import segment
+from applefair.models.registry import create_segmentor
 
 OPTIONS = {"apple": {"width": 4}, "faap": {"width": 4}}
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

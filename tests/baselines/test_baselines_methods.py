@@ -13,9 +13,10 @@ from applefair.baselines.resampling import balanced_weights
 from applefair.baselines.subgroup import GroupRoutedSegmentor
 from applefair.data.groups import GroupSpec
 from applefair.data.manifest import SegmentationDataset
+from applefair.engine.io import state_dict_hash
 from applefair.errors import InputError
-from applefair.io import state_dict_hash
-from applefair.models.registry import create_segmentor, segment
+from applefair.models.forward import segment
+from applefair.models.registry import create_segmentor
 
 OPTIONS = {"apple": {"width": 4}, "faap": {"width": 4}}
 

@@ -130,7 +130,7 @@ def test_aggregate_seeds(patched_run, tiny_manifest, model_and_patch, tmp_path):
 
 
 def test_group_spec_resolution(tmp_path):
-    from applefair.metrics.run import build_group_spec
+    from applefair.data.groups import build_group_spec
 
     assert build_group_spec([], None, {"attribute": "sex", "groups": ["F", "M"]}).groups == ["F", "M"]
     assert build_group_spec(["sex", "age:0,60,inf"], None).attributes == ["sex", "age"]

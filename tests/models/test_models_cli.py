@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from applefair.cli import app, main
-from applefair.io import state_dict_hash
+from applefair.engine.io import state_dict_hash
 from applefair.models import create_segmentor, load_model_dir, segment
 
 runner = CliRunner()

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from applefair.data.augment import apply_augmenter, parse_augment, sample_augmenter
 from applefair.errors import InputError
-from applefair.models.train import TrainConfig, apply_augmenter, make_optimizer, parse_augment, sample_augmenter
+from applefair.training.erm import TrainConfig, make_optimizer
 
 
 def _pair():

@@ -8,10 +8,10 @@ import warnings
 import pytest
 import torch
 
-import applefair.models.train as train_mod
+import applefair.training.erm as train_mod
 from applefair.errors import InputError
 from applefair.models.registry import create_segmentor
-from applefair.models.train import TrainConfig, train_segmentor
+from applefair.training.erm import TrainConfig, train_segmentor
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,11 @@ import torch
 from applefair.apple.patch import PatchedSegmentor, perturbers_for
 from applefair.data.groups import GroupSpec
 from applefair.data.manifest import SegmentationDataset
+from applefair.engine.io import state_dict_hash
 from applefair.errors import InputError
-from applefair.io import state_dict_hash
 from applefair.models import create_segmentor, list_models, list_sites, load_model_dir, save_model_dir, segment
 from applefair.models.sites import find_module
-from applefair.models.train import TrainConfig, train_segmentor
+from applefair.training.erm import TrainConfig, train_segmentor
 
 ZOO = ["unet", "attention_unet", "swin_unetr", "dynunet", "smp_unet", "sam", "samed"]
 UNETS = ["unet", "attention_unet", "swin_unetr", "dynunet", "smp_unet"]

@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from applefair.data.synthetic import generate
-from applefair.io import load_tensors
+from applefair.engine.io import load_tensors
 
 
 def _cli(args, monkeypatch) -> int:

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 
-import applefair.io as afio
+import applefair.engine.io as afio
 from applefair.errors import OutputError, as_output_error
 
 
@@ -121,8 +121,8 @@ def test_train_on_a_full_disk_keeps_a_resumable_checkpoint_and_no_output(tmp_pat
 def test_compare_stops_on_a_full_disk_instead_of_failing_every_cell(tmp_path, monkeypatch):
     import yaml
 
-    from applefair.baselines.compare import run_compare
-    from applefair.baselines.settings import load_compare_settings
+    from applefair.workflows.compare.run import run_compare
+    from applefair.workflows.compare.settings import load_compare_settings
 
     cfg = {"seeds": [0], "deploy": {"epochs": 1, "batch_size": 8}, "budget": {"epochs": 1, "batch_size": 8},
            "leakage": False, "datasets": [{"name": "d", "synthetic": {"n": 16, "size": 32}, "groups": "sex"}],

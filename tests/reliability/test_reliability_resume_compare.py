@@ -14,8 +14,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from applefair.baselines.compare import cell_dir, run_compare
-from applefair.baselines.settings import load_compare_settings
+from applefair.workflows.compare.cells import cell_dir
+from applefair.workflows.compare.run import run_compare
+from applefair.workflows.compare.settings import load_compare_settings
 
 CONFIG = {
     "name": "kill", "seeds": [0, 1], "deploy": {"epochs": 1, "batch_size": 8}, "budget": {"epochs": 1, "batch_size": 8},
@@ -32,7 +33,7 @@ import sys, time, warnings
 warnings.simplefilter("ignore")
 import torch
 torch.set_num_threads(1)
-import applefair.baselines.compare as compare
+import applefair.workflows.compare.cells as compare
 
 write = compare.write_json
 seen = []

@@ -22,7 +22,7 @@ import sys, time, warnings
 warnings.simplefilter("ignore")
 import torch
 torch.set_num_threads(1)
-import applefair.models.train as train
+import applefair.training.erm as train
 
 kill_after = int(sys.argv[1])
 save = train.save_state
@@ -60,7 +60,7 @@ def _cli(args: list[str], monkeypatch, capsys) -> tuple[int, str]:
 
 @pytest.mark.slow
 def test_train_resume_after_sigkill_is_bit_identical(tmp_path, monkeypatch, capsys):
-    from applefair.trainstate import state_epoch
+    from applefair.engine.trainstate import state_epoch
 
     data = generate(tmp_path / "data", n=24, size=32, seed=0)
     run, ref = tmp_path / "run", tmp_path / "ref"

@@ -1,11 +1,11 @@
-"""`applefair.io.resumable_dir`: the hidden stage of a checkpointing run, kept only while it can be resumed."""
+"""`applefair.engine.io.resumable_dir`: the hidden stage of a checkpointing run, kept only while it can be resumed."""
 
 from __future__ import annotations
 
 import pytest
 
+from applefair.engine.io import resumable_dir, resume_stage
 from applefair.errors import InputError
-from applefair.io import resumable_dir, resume_stage
 
 MARK = "checkpoint.safetensors"
 

@@ -12,7 +12,7 @@ import torch
 
 
 def _evaluate(model, dataset, groups, folder):
-    from applefair.io import write_csv, write_json
+    from applefair.engine.io import write_csv, write_json
     from applefair.metrics.evaluate import predict_scores
     from applefair.metrics.fairness import fairness_summary
 
@@ -30,7 +30,7 @@ def tiny_run(tmp_path_factory):
     from applefair.data.groups import GroupSpec
     from applefair.data.manifest import SegmentationDataset, read_manifest
     from applefair.data.synthetic import generate
-    from applefair.io import state_dict_hash, write_csv, write_json, write_yaml
+    from applefair.engine.io import state_dict_hash, write_csv, write_json, write_yaml
     from applefair.models.registry import create_segmentor, save_model_dir
 
     torch.manual_seed(0)
@@ -82,7 +82,7 @@ def hostile_run():
 
 def _hostile_run(root, attribute: str, groups: list[str]):
     """A run folder without models whose attribute and group names are hostile strings."""
-    from applefair.io import write_csv, write_json, write_yaml
+    from applefair.engine.io import write_csv, write_json, write_yaml
     from applefair.metrics.fairness import fairness_summary
 
     rng = np.random.default_rng(0)

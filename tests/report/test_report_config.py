@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from applefair.config import DemoSettings, load_config, resolve_settings
+from applefair.engine.config import load_config, resolve_settings
+from applefair.engine.device import resolve_device
 from applefair.errors import InputError
-from applefair.speed import resolve_device
+from applefair.workflows.demo import DemoSettings
 
 
 def test_valid_config_loads(tmp_path):

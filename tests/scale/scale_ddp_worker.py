@@ -19,8 +19,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from applefair import distributed  # noqa: E402
-from applefair.io import save_tensors  # noqa: E402
+from applefair.engine import distributed  # noqa: E402
+from applefair.engine.io import save_tensors  # noqa: E402
 
 
 class _Toy(torch.utils.data.Dataset):
@@ -62,7 +62,7 @@ def _data(manifest: str):
 
 def erm(manifest: str) -> dict[str, torch.Tensor]:
     from applefair.models.registry import create_segmentor
-    from applefair.models.train import TrainConfig, train_segmentor
+    from applefair.training.erm import TrainConfig, train_segmentor
 
     train, val, groups = _data(manifest)
     torch.manual_seed(0)
@@ -140,7 +140,7 @@ def baseline(method: str, manifest: str) -> dict[str, torch.Tensor]:
 @torch.no_grad()
 def _logits(model: nn.Module, dataset) -> torch.Tensor:
     """The trained model's outputs on the validation images: what 'the same result' means."""
-    from applefair.models.registry import segment
+    from applefair.models.forward import segment
 
     model.eval()
     batch = {"image": torch.stack([dataset[i]["image"] for i in range(len(dataset))]),

@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 import torch
 
-from applefair.commands.bench import markdown, tables
-from applefair.perf import BenchConfig
-from applefair.perf.measure import Measure, attempt
-from applefair.perf.workloads import (
+from applefair.workflows.bench import BenchConfig
+from applefair.workflows.bench.measure import Measure, attempt
+from applefair.workflows.bench.tables import markdown, tables
+from applefair.workflows.bench.workloads import (
     apple_epoch_cost,
     inference_overhead,
     load_splits,
@@ -110,7 +110,7 @@ def test_tables_and_markdown_show_missing_values_as_such():
 
 
 def test_bench_runs_only_the_asked_sections_on_the_asked_device(tmp_path):
-    from applefair.perf import run_bench
+    from applefair.workflows.bench import run_bench
 
     cfg = BenchConfig(tiny=True, eval_n=16, sections=("evaluation",), device="cpu")
     result = run_bench(cfg)

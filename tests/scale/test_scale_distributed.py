@@ -13,7 +13,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from applefair import distributed
+from applefair.engine import distributed
 from applefair.errors import InputError
 
 WORKER = Path(__file__).with_name("scale_ddp_worker.py")

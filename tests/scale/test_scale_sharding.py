@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch.utils.data import WeightedRandomSampler
 
-from applefair import distributed
 from applefair.apple.cache import LatentCache
+from applefair.engine import distributed
+from applefair.engine.sharding import ShardedBatchSampler
 from applefair.errors import InputError
-from applefair.sharding import ShardedBatchSampler
 
 
 class _Indexed(torch.utils.data.Dataset):

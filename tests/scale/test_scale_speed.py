@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from applefair import speed
+from applefair.engine import device as speed
 from applefair.errors import InputError
 
 CPU = torch.device("cpu")

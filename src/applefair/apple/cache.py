@@ -12,7 +12,7 @@ cached f_o exactly as it would see a recomputed one.
 
 Storage is in memory (on the GPU when the network runs there and the cache fits, else on the
 CPU), or in memory-mapped .npy files under a folder when it is large. Under torchrun with
-`cache_shards`, each process caches only the samples it owns (see applefair.sharding).
+`cache_shards`, each process caches only the samples it owns (see applefair.engine.sharding).
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from applefair.models.registry import segment
+from applefair.engine.device import module_device, to_device
+from applefair.models.forward import segment
 from applefair.models.sites import find_module
-from applefair.speed import module_device, to_device
 
 
 def cacheable_modules(net: nn.Module, sites: list[str], batch: dict) -> list[str]:

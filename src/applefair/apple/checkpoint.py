@@ -4,7 +4,7 @@ Everything needed to continue bit-for-bit: perturber, discriminator and best-so-
 both optimisers' states, the random streams (torch, data order, NumPy, Python), and (in the
 header, as JSON) the epoch, history, selection state and config. Resuming from it gives the
 same final result as a run that was never interrupted. The file format is shared with the
-ERM trainer's checkpoint (`applefair.trainstate`); only the format tag differs.
+ERM trainer's checkpoint (`applefair.engine.trainstate`); only the format tag differs.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 import torch
 
-from applefair.trainstate import load_state, save_state, state_epoch
+from applefair.engine.trainstate import load_state, save_state, state_epoch
 
 FORMAT = "applefair-apple-checkpoint/1"
 

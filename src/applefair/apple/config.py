@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
 
 from applefair.apple.discriminator import POOLS
 from applefair.apple.losses import OBJECTIVES
@@ -137,3 +141,19 @@ def _type_name(hint: object) -> str:
     if typing.get_origin(hint) is list:
         return f"a list of {_type_name(typing.get_args(hint)[0])}"
     return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(hint, str(hint))
+
+
+def load_apple_config(path: str | os.PathLike | None) -> AppleConfig:
+    """AppleConfig from a YAML file (keys at the top level or under `apple:`); defaults if None."""
+    if path is None:
+        return AppleConfig()
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: config file not found")
+    try:
+        d = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise InputError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(d, dict):
+        raise InputError(f"{path}: expected a mapping of APPLE options, got {type(d).__name__}")
+    return AppleConfig.from_dict(d.get("apple", d), source=str(path))

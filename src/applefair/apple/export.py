@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from applefair.io import atomic_path
+from applefair.engine.io import atomic_path
 
 
 class _ImageOnly(nn.Module):

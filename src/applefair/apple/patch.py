@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from applefair.apple.perturber import build_perturber, latent_channels
+from applefair.engine.io import load_tensors, save_tensors
 from applefair.errors import InputError
-from applefair.io import load_tensors, save_tensors
 from applefair.models.sites import find_module
 
 
@@ -89,7 +89,7 @@ def _key(site: str) -> str:
 
 def latent_shapes(net: nn.Module, sites: list[str], batch: dict) -> dict[str, torch.Size]:
     """The output shape at each site for one example batch (frozen net, eval mode, no grad)."""
-    from applefair.models.registry import segment
+    from applefair.models.forward import segment
 
     shapes: dict[str, torch.Size] = {}
     handles = [find_module(net, s).register_forward_hook(

@@ -21,7 +21,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from applefair import distributed
 from applefair.apple.cache import LatentCache
 from applefair.apple.checkpoint import load_checkpoint, save_checkpoint
 from applefair.apple.config import AppleConfig
@@ -38,18 +37,19 @@ from applefair.apple.losses import (
 )
 from applefair.apple.patch import PatchedSegmentor, latent_shapes, perturbers_for
 from applefair.apple.perturber import latent_channels
+from applefair.data.augment import augment_batch
 from applefair.data.groups import GroupSpec
 from applefair.data.manifest import SegmentationDataset
+from applefair.engine import distributed
+from applefair.engine.device import Precision, module_device, supports_bf16, to_device
+from applefair.engine.io import state_dict_hash
+from applefair.engine.progress import progress_bar
+from applefair.engine.seeding import seed_everything
 from applefair.errors import InputError
-from applefair.io import state_dict_hash
 from applefair.metrics.evaluate import predict_scores
 from applefair.metrics.fairness import fairness_summary
 from applefair.metrics.leakage import probe_auc
-from applefair.models.registry import segment
-from applefair.models.train import augment_batch
-from applefair.progress import progress_bar
-from applefair.seeding import seed_everything
-from applefair.speed import Precision, module_device, supports_bf16, to_device
+from applefair.models.forward import segment
 
 log = logging.getLogger("applefair")
 CHECKPOINT = "checkpoint.safetensors"

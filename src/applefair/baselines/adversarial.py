@@ -15,7 +15,6 @@ import torch
 from monai.losses import DiceCELoss
 from torch import nn
 
-from applefair import distributed
 from applefair.apple.discriminator import Discriminator
 from applefair.apple.losses import grad_reverse, known_ce
 from applefair.baselines.base import (
@@ -30,9 +29,11 @@ from applefair.baselines.base import (
 )
 from applefair.data.groups import GroupSpec
 from applefair.data.manifest import SegmentationDataset
-from applefair.models.registry import ModelSpec, segment
+from applefair.engine import distributed
+from applefair.engine.device import module_device, to_device
+from applefair.models.forward import segment
+from applefair.models.registry import ModelSpec
 from applefair.models.sites import find_module
-from applefair.speed import module_device, to_device
 
 
 class Adversarial(Method):

@@ -17,8 +17,8 @@ from torch import nn
 from applefair.baselines.base import Budget, FitResult, Method, Timer, count_params
 from applefair.data.groups import GroupSpec
 from applefair.data.manifest import SegmentationDataset
+from applefair.engine.io import state_dict_hash
 from applefair.errors import InputError
-from applefair.io import state_dict_hash
 from applefair.models.registry import ModelSpec
 from applefair.models.sites import find_module
 

@@ -21,7 +21,6 @@ import torch
 from monai.losses import DiceCELoss
 from torch import nn
 
-from applefair import distributed
 from applefair.apple.discriminator import Discriminator
 from applefair.apple.losses import known_ce, known_entropy
 from applefair.apple.patch import freeze
@@ -29,10 +28,12 @@ from applefair.apple.perturber import Perturber
 from applefair.baselines.base import Budget, FitResult, Method, Timer, count_params, finetune
 from applefair.data.groups import GroupSpec
 from applefair.data.manifest import SegmentationDataset
-from applefair.io import state_dict_hash
-from applefair.models.registry import ModelSpec, segment
+from applefair.engine import distributed
+from applefair.engine.device import module_device
+from applefair.engine.io import state_dict_hash
+from applefair.models.forward import segment
+from applefair.models.registry import ModelSpec
 from applefair.models.sites import find_module
-from applefair.speed import module_device
 
 
 class InputPerturbedSegmentor(nn.Module):

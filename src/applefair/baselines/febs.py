@@ -21,11 +21,12 @@ import torch.nn.functional as F
 from monai.losses import DiceLoss
 from torch import nn
 
-from applefair import distributed
 from applefair.baselines.base import Budget, FitResult, Method, finetune_copy
 from applefair.data.groups import GroupSpec
 from applefair.data.manifest import SegmentationDataset
-from applefair.models.registry import ModelSpec, segment
+from applefair.engine import distributed
+from applefair.models.forward import segment
+from applefair.models.registry import ModelSpec
 
 EPS = 1e-6
 

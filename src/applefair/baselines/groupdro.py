@@ -13,11 +13,12 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from applefair import distributed
 from applefair.baselines.base import Budget, FitResult, Method, finetune_copy, per_sample_seg_loss
 from applefair.data.groups import GroupSpec
 from applefair.data.manifest import SegmentationDataset
-from applefair.models.registry import ModelSpec, segment
+from applefair.engine import distributed
+from applefair.models.forward import segment
+from applefair.models.registry import ModelSpec
 
 
 class GroupDROLoss:

@@ -17,7 +17,8 @@ from torch.utils.data import WeightedRandomSampler
 from applefair.baselines.base import Budget, FitResult, Method, finetune_copy
 from applefair.data.groups import GroupSpec
 from applefair.data.manifest import SegmentationDataset
-from applefair.models.registry import ModelSpec, segment
+from applefair.models.forward import segment
+from applefair.models.registry import ModelSpec
 
 
 def balanced_weights(group_ids: np.ndarray) -> np.ndarray:

@@ -19,7 +19,8 @@ from torch import nn
 from applefair.baselines.base import Budget, FitResult, Method, Timer, count_trainable, finetune, start_copy
 from applefair.data.groups import GroupSpec
 from applefair.data.manifest import SegmentationDataset
-from applefair.models.registry import ModelSpec, segment
+from applefair.models.forward import segment
+from applefair.models.registry import ModelSpec
 
 
 class GroupRoutedSegmentor(nn.Module):

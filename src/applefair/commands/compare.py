@@ -37,9 +37,9 @@ def compare(
     """
     import logging
 
-    from applefair.baselines.compare import run_compare
-    from applefair.baselines.settings import load_compare_settings
     from applefair.errors import InputError
+    from applefair.workflows.compare.run import run_compare
+    from applefair.workflows.compare.settings import load_compare_settings
 
     settings, root = load_compare_settings(config)
     try:
@@ -47,7 +47,7 @@ def compare(
                 "seeds": _split(seeds, int)}
     except ValueError:
         raise InputError(f"--seeds: '{seeds}' (expected a comma list of integers)") from None
-    from applefair.speed import resolve_device
+    from applefair.engine.device import resolve_device
 
     resolve_device(device)  # bad --device is bad input before anything is written
     out.mkdir(parents=True, exist_ok=True)

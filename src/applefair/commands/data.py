@@ -10,7 +10,7 @@ from pydantic import Field
 from rich.console import Console
 from rich.table import Table
 
-from applefair.config import Settings
+from applefair.engine.config import Settings
 
 out_console = Console()
 data_app = typer.Typer(help="Look at a dataset: counts per split and group, sizes, masks, unknown values.",
@@ -47,10 +47,10 @@ def inspect(
 
     Example: applefair data inspect data/vessels --groups "age:0,60,inf"
     """
-    from applefair.config import resolve_settings
     from applefair.data import GroupSpec, SmallGroupWarning, load_dataset, validate_samples
     from applefair.data.formats import parse_options
     from applefair.data.groups import _raw
+    from applefair.engine.config import resolve_settings
 
     st = resolve_settings(InspectSettings, config, format=fmt or None, groups=groups or None, limit=limit)
     fmt, groups, limit = st.format, st.groups, st.limit

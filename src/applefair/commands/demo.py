@@ -29,10 +29,10 @@ def demo(
 
     Example: applefair demo --quick --out runs/demo-quick
     """
-    from applefair.config import DemoSettings, resolve_settings
-    from applefair.demo import DemoConfig, run_demo
+    from applefair.engine.config import resolve_settings
+    from applefair.engine.device import resolve_device
     from applefair.report.markdown import before_after_rows, verdict
-    from applefair.speed import resolve_device
+    from applefair.workflows.demo import DemoConfig, DemoSettings, run_demo
 
     settings = resolve_settings(DemoSettings, config, quick=quick, seed=seed, bias=bias, device=device)
     resolved = str(resolve_device(settings.device))

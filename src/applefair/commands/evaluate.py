@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from applefair.config import Device, Settings
+from applefair.engine.config import Device, Settings
 
 out_console = Console()
 
@@ -79,10 +79,10 @@ def evaluate(
 
     Example: applefair evaluate --data data/ --model deployed/ --patch patch.safetensors --attribute sex --out eval/
     """
-    from applefair.config import resolve_settings
     from applefair.data.formats import parse_options
+    from applefair.engine.config import resolve_settings
     from applefair.errors import InputError
-    from applefair.metrics.run import EvalOptions, run_evaluation
+    from applefair.workflows.evaluate import EvalOptions, run_evaluation
 
     st = resolve_settings(EvaluateSettings, config, data=_str(data), model=_str(model), patch=_str(patch),
                           attribute=attribute or None, groups=groups, split=split, format=data_format or None,
@@ -161,7 +161,7 @@ def aggregate_seeds_cmd(
 
     Example: applefair aggregate-seeds runs/eval-s0 runs/eval-s1 runs/eval-s2 --out runs/seeds.json
     """
-    from applefair.metrics.run import aggregate_runs
+    from applefair.workflows.evaluate import aggregate_runs
 
     result = aggregate_runs(runs, out)
     table = Table(title=f"Across {len(runs)} runs (mean ± std)")

@@ -41,9 +41,10 @@ def mitigate(
 
     Example: applefair mitigate --data runs/demo/data --model runs/demo/deployed --attribute sex --out runs/mitigate
     """
-    from applefair.apple.run import load_apple_config, run_mitigation
+    from applefair.apple.config import load_apple_config
+    from applefair.data.groups import build_group_spec
     from applefair.errors import InputError
-    from applefair.metrics.run import build_group_spec
+    from applefair.workflows.mitigate import run_mitigation
 
     cfg = load_apple_config(config)
     if epochs is not None:

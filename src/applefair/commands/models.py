@@ -9,7 +9,7 @@ from pydantic import Field
 from rich.console import Console
 from rich.table import Table
 
-from applefair.config import Settings
+from applefair.engine.config import Settings
 
 out_console = Console()
 models_app = typer.Typer(no_args_is_help=True, help="The segmentor zoo and its latent sites.")
@@ -62,8 +62,8 @@ def sites_cmd(
     """
     import torch
 
-    from applefair.config import resolve_settings
-    from applefair.models.fit import model_folder, parse_model_args
+    from applefair.engine.config import resolve_settings
+    from applefair.workflows.train import model_folder, parse_model_args
 
     st = resolve_settings(SitesSettings, config, tiny=tiny, size=size, all=show_all)
     tiny, size, show_all = st.tiny, st.size, st.all

@@ -8,7 +8,7 @@ import typer
 from pydantic import Field
 from rich.console import Console
 
-from applefair.config import Settings
+from applefair.engine.config import Settings
 
 out_console = Console()
 
@@ -32,9 +32,9 @@ def report(
 
     Example: applefair report runs/demo
     """
-    from applefair.config import resolve_settings
+    from applefair.engine.config import resolve_settings
+    from applefair.engine.logs import run_logging
     from applefair.errors import InputError
-    from applefair.logs import run_logging
     from applefair.report.build import write_reports
 
     settings = resolve_settings(ReportSettings, config, overlays=overlays)

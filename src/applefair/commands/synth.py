@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from applefair.config import Settings
+from applefair.engine.config import Settings
 
 out_console = Console()
 
@@ -46,11 +46,11 @@ def synth(
 
     Example: applefair synth vessels --out data/vessels --n 800 --size 96 --bias anatomy --minority-share 0.25 --seed 0
     """
-    from applefair.config import resolve_settings
     from applefair.data.synthetic import BIASES, KINDS, generate
+    from applefair.engine.config import resolve_settings
+    from applefair.engine.io import staged_dir
+    from applefair.engine.progress import progress_bar
     from applefair.errors import InputError
-    from applefair.io import staged_dir
-    from applefair.progress import progress_bar
 
     st = resolve_settings(SynthSettings, config, n=n, size=size, bias=bias, minority_share=minority_share,
                           strength=strength, seed=seed)

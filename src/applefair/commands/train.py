@@ -51,11 +51,11 @@ def train(
 
     Example: applefair train --data runs/demo/data --model unet --tiny --epochs 5 --out runs/unet-tiny
     """
-    from applefair.config import resolve_settings
     from applefair.data.formats import parse_options
+    from applefair.engine.config import resolve_settings
+    from applefair.engine.device import resolve_device
     from applefair.errors import InputError
-    from applefair.models.fit import TrainSettings, parse_model_args, run_train
-    from applefair.speed import resolve_device
+    from applefair.workflows.train import TrainSettings, parse_model_args, run_train
 
     settings = resolve_settings(TrainSettings, config, data=data, format=data_format, size=size, attribute=attribute,
                                 tiny=tiny, checkpoint=checkpoint, epochs=epochs, batch_size=batch_size,

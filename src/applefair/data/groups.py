@@ -18,10 +18,13 @@ from __future__ import annotations
 import itertools
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import yaml
 
 from applefair.errors import InputError
 
@@ -269,3 +272,31 @@ def _natural(s: str) -> tuple:
     """Numbers in numeric order, then strings (so 2 < 10)."""
     x = _to_float(s)
     return (0, x, s) if x is not None else (1, 0.0, s)
+
+
+def build_group_spec(attributes: Sequence[str], groups: str | None, patch_groups: dict | None = None) -> GroupSpec:
+    """The GroupSpec from --attribute (one or more; several mean their intersection) and/or --groups."""
+    spec: GroupSpec | None = None
+    if groups:
+        path = Path(groups)
+        if path.suffix.lower() in (".yaml", ".yml", ".json") or path.is_file():
+            if not path.is_file():
+                raise InputError(f"{path}: group spec file not found")
+            try:
+                spec = GroupSpec.from_dict(yaml.safe_load(path.read_text(encoding="utf-8")))
+            except yaml.YAMLError as exc:
+                raise InputError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        else:
+            spec = GroupSpec.parse(groups)
+    if attributes:
+        from_attrs = GroupSpec.parse("*".join(attributes)) if len(attributes) > 1 else GroupSpec.parse(attributes[0])
+        if spec is None:
+            spec = from_attrs
+        elif sorted(spec.attributes) != sorted(from_attrs.attributes):
+            raise InputError(f"--groups '{groups}' reads column(s) {list(spec.attributes)} but --attribute names "
+                             f"{list(from_attrs.attributes)}; give one of them, or the same columns")
+    if spec is None and patch_groups:
+        spec = GroupSpec.from_dict(patch_groups)
+    if spec is None:
+        raise InputError("no sensitive attribute: give --attribute (e.g. --attribute sex) or --groups")
+    return spec

@@ -215,7 +215,7 @@ class SegmentationDataset(Dataset):
                                   align_corners=False)[0].clamp(0, 1)
             mask = (F.interpolate(mask[None], size=self.size, mode="area")[0] >= 0.5).float()
         if disk is not None:
-            from applefair.io import atomic_path
+            from applefair.engine.io import atomic_path
 
             with atomic_path(disk) as tmp, open(tmp, "wb") as fh:
                 np.savez(fh, image=image[0].numpy(), mask=mask[0].numpy().astype(np.uint8))

@@ -49,8 +49,8 @@ from PIL import Image
 from scipy import ndimage
 
 from applefair.data import vessels
+from applefair.engine.io import atomic_path, write_csv
 from applefair.errors import InputError
-from applefair.io import atomic_path, write_csv
 
 BIASES = ("contrast", "gain", "artifact", "anatomy", "spurious", "none")
 KINDS = ("nodules", "vessels")

@@ -13,8 +13,8 @@ import pandas as pd
 
 from applefair.data.groups import GroupSpec
 from applefair.data.loaders import LoadOptions, load_part
+from applefair.engine.progress import progress_bar
 from applefair.errors import InputError
-from applefair.progress import progress_bar
 
 
 def validate_samples(frame: pd.DataFrame, groups: GroupSpec | None = None, need_groups: tuple[str, ...] = (),

@@ -13,12 +13,12 @@ from torch.utils.data import DataLoader
 
 from applefair.data.groups import GroupSpec
 from applefair.data.manifest import SegmentationDataset
+from applefair.engine.device import module_device, to_device
+from applefair.engine.progress import progress_bar
 from applefair.metrics.leakage import pool_latent
 from applefair.metrics.segmentation import per_sample_metrics
-from applefair.models.registry import segment
+from applefair.models.forward import segment
 from applefair.models.sites import find_module
-from applefair.progress import progress_bar
-from applefair.speed import module_device, to_device
 
 
 def _probabilities(logits: torch.Tensor) -> torch.Tensor:

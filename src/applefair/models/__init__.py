@@ -1,6 +1,12 @@
-"""Segmentor zoo and latent sites (where the encoder E_s ends and the decoder D_s begins)."""
+"""Segmentor zoo and latent sites (where the encoder E_s ends and the decoder D_s begins).
 
+Importing the package registers every model family of the zoo (as timm does): the registry
+itself knows no family, so families import the registry and never the other way round.
+"""
+
+from applefair.models import sam, unets  # noqa: F401  (registers the zoo's names)
 from applefair.models.checkpoints import load_checkpoint, read_checkpoint
+from applefair.models.forward import segment
 from applefair.models.prompts import PromptConfig, derive_prompts
 from applefair.models.registry import (
     ModelSpec,
@@ -9,7 +15,6 @@ from applefair.models.registry import (
     load_model_dir,
     model_info,
     save_model_dir,
-    segment,
 )
 from applefair.models.sites import find_module, list_sites, unet_bottleneck_site
 

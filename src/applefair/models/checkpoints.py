@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from applefair.engine.io import load_tensors
 from applefair.errors import InputError
-from applefair.io import load_tensors
 
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "network_weights", "net", "weights")
 

@@ -15,10 +15,9 @@ import torch
 import yaml
 from torch import nn
 
+from applefair.engine.io import load_tensors, save_tensors, write_yaml
 from applefair.errors import InputError
-from applefair.io import load_tensors, save_tensors, write_yaml
 from applefair.models.checkpoints import apply_state, unique_state
-from applefair.models.prompts import PromptedModule
 
 
 @dataclass
@@ -46,23 +45,6 @@ def register(name: str, tiny: dict | None = None, summary: str = ""):
         _SUMMARY[name] = summary or ((fn.__doc__ or "").strip().splitlines() or [""])[0]
         return fn
     return deco
-
-
-def segment(net: nn.Module, batch: dict) -> torch.Tensor:
-    """Logits of `net` for a batch dict (image, mask, index, ...): the one call site every
-    trainer and evaluator uses, so prompt-based models can derive their prompts here."""
-    if hasattr(net, "segment_batch"):  # wrappers needing more than the image (group routing, input perturbers)
-        return net.segment_batch(batch)
-    prompted = [m for m in net.modules() if isinstance(m, PromptedModule) and m.prompt is not None]
-    if not prompted:
-        return net(batch["image"])
-    for m in prompted:  # prompts from this batch's masks and indices, for this one forward pass
-        m.set_batch(batch)
-    try:
-        return net(batch["image"])
-    finally:
-        for m in prompted:
-            m.set_batch(None)
 
 
 def list_models() -> list[str]:
@@ -120,11 +102,3 @@ def load_model_dir(path: str | os.PathLike) -> tuple[nn.Module, ModelSpec]:
     spec.skip_sites = spec.skip_sites or built.skip_sites
     apply_state(net, spec.name, load_tensors(path / "model.safetensors"), path / "model.safetensors")
     return net, spec
-
-
-def _load_zoo() -> None:
-    """Import the model families; each registers its names."""
-    from applefair.models import sam, unets  # noqa: F401
-
-
-_load_zoo()

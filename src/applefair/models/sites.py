@@ -111,7 +111,7 @@ def list_sites(net: nn.Module, example: torch.Tensor, default: str = "", skips: 
     A module called more than once per forward (a shared activation) is listed with its call
     count: a hook there would perturb every call, so it is a poor site.
     """
-    from applefair.models.registry import segment
+    from applefair.models.forward import segment
 
     seen: dict[str, SiteInfo] = {}
     handles = []

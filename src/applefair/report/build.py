@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pandas as pd
 
-import applefair
+from applefair._version import __version__
+from applefair.engine.io import atomic_path, write_csv, write_text
 from applefair.errors import InputError
-from applefair.io import atomic_path, write_csv, write_text
 from applefair.report import plots
 from applefair.report.document import Paragraph, Section, Table, format_cell
 from applefair.report.render import render_html, render_markdown
@@ -253,7 +253,7 @@ def write_reports(run_dir: str | os.PathLike, overlays: bool = True) -> dict[str
     command = (run.config or {}).get("command", "")
     title = f"applefair report: {_run_name(run_dir)}"
     subtitle = (f"{command + ' run, ' if command else ''}generated "
-                f"{_dt.datetime.now().strftime('%Y-%m-%d %H:%M')} by applefair {applefair.__version__}")
+                f"{_dt.datetime.now().strftime('%Y-%m-%d %H:%M')} by applefair {__version__}")
     written: dict[str, Path] = {}
     tables_dir, plots_dir = run_dir / "tables", run_dir / "plots"
     for sec in sections:

@@ -48,7 +48,8 @@ def compute_overlays(run: RunData, per_group: int = 1) -> tuple[list[dict] | Non
     from applefair.data.groups import GroupSpec
     from applefair.data.manifest import SegmentationDataset, read_manifest
     from applefair.metrics.segmentation import per_sample_metrics
-    from applefair.models.registry import load_model_dir, segment
+    from applefair.models.forward import segment
+    from applefair.models.registry import load_model_dir
 
     model_dir = _path(run, "deployed", "model", marker="model.yaml")
     patch = _path(run, "patch.safetensors", "patch")

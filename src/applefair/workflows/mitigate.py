@@ -7,7 +7,6 @@ read, and its files are hashed before and after to prove it.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import shutil
@@ -16,49 +15,22 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-import yaml
 
-import applefair
-from applefair import distributed
+from applefair._version import __version__
 from applefair.apple.config import AppleConfig
 from applefair.apple.patch import save_patch
 from applefair.apple.trainer import CHECKPOINT, evaluate_patched, train_apple
 from applefair.data import load_dataset
 from applefair.data.groups import GroupSpec
 from applefair.data.manifest import SegmentationDataset
+from applefair.engine import distributed
+from applefair.engine.io import folder_hash, state_dict_hash, write_csv, write_json, write_yaml
+from applefair.engine.runinfo import run_info
 from applefair.errors import InputError
-from applefair.io import state_dict_hash, write_csv, write_json, write_yaml
 from applefair.models.sites import find_module
 from applefair.report import write_reports
-from applefair.runinfo import run_info
 
 log = logging.getLogger("applefair")
-
-
-def load_apple_config(path: str | os.PathLike | None) -> AppleConfig:
-    """AppleConfig from a YAML file (keys at the top level or under `apple:`); defaults if None."""
-    if path is None:
-        return AppleConfig()
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: config file not found")
-    try:
-        d = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise InputError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(d, dict):
-        raise InputError(f"{path}: expected a mapping of APPLE options, got {type(d).__name__}")
-    return AppleConfig.from_dict(d.get("apple", d), source=str(path))
-
-
-def folder_hash(path: str | os.PathLike) -> str:
-    """SHA-256 over every file (relative name and bytes) under `path`."""
-    h = hashlib.sha256()
-    root = Path(path)
-    for p in sorted(q for q in root.rglob("*") if q.is_file()):
-        h.update(str(p.relative_to(root)).encode())
-        h.update(p.read_bytes())
-    return h.hexdigest()
 
 
 def _prepare_out(out: Path, model: Path, resume: bool, overwrite: bool) -> None:
@@ -121,7 +93,7 @@ def _run(frame, net, spec, model: Path, out: Path, groups: GroupSpec, cfg: Apple
             raise InputError(f"{frame.attrs.get('source', 'manifest')}: split '{s}' has no rows "
                              "(APPLE trains on train and selects on val)")
     model_hash, weights_hash = folder_hash(model), state_dict_hash(net)
-    config = {"command": "mitigate", "argv": sys.argv, "applefair": applefair.__version__, "torch": torch.__version__,
+    config = {"command": "mitigate", "argv": sys.argv, "applefair": __version__, "torch": torch.__version__,
               "method": method, "model": str(model), "model_name": spec.name, "site": cfg.sites or [spec.site],
               "device": str(next(net.parameters()).device),
               "groups": groups.to_dict(), "apple": cfg.to_dict(), "method_options": method_options,
@@ -232,7 +204,7 @@ def _plot_curves(path: Path, history: list[dict]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from applefair.io import atomic_path
+    from applefair.engine.io import atomic_path
 
     h = pd.DataFrame(history)
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))

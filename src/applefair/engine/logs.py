@@ -83,9 +83,9 @@ def write_crash_log(exc: BaseException) -> Path:
     body = [f"applefair crash log {stamp}", f"command: {' '.join(sys.argv)}", f"cwd: {os.getcwd()}",
             f"python: {sys.version.split()[0]}"]
     try:
-        import applefair
+        from applefair._version import __version__
 
-        body.append(f"applefair: {applefair.__version__}")
+        body.append(f"applefair: {__version__}")
     except Exception:  # noqa: BLE001
         pass
     body += ["", "traceback:", "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),

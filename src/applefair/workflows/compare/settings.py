@@ -24,7 +24,7 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
-from applefair.config import Settings, load_config
+from applefair.engine.config import Settings, load_config
 from applefair.errors import InputError
 
 
@@ -58,7 +58,7 @@ class MethodSpec(Settings):
 
 
 class DeploySpec(Settings):
-    """ERM training of the deployed model (applefair.models.train.TrainConfig, seed from the run)."""
+    """ERM training of the deployed model (applefair.training.erm.TrainConfig, seed from the run)."""
 
     epochs: int = Field(8, ge=1)
     batch_size: int = Field(16, ge=1)

@@ -9,9 +9,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 
-from applefair.perf.config import TARGETS, BenchConfig
-from applefair.perf.measure import attempt, machine
-from applefair.perf.workloads import evaluation_throughput, inference_overhead, mitigation_cost, scaling
+from applefair.workflows.bench.config import TARGETS, BenchConfig
+from applefair.workflows.bench.measure import attempt, machine
+from applefair.workflows.bench.workloads import evaluation_throughput, inference_overhead, mitigation_cost, scaling
 
 
 @contextlib.contextmanager

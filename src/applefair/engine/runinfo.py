@@ -24,8 +24,8 @@ def run_info() -> dict:
     import monai
     import torch
 
-    import applefair
+    from applefair._version import __version__
 
-    return {"applefair": applefair.__version__, "torch": str(torch.__version__), "monai": monai.__version__,
+    return {"applefair": __version__, "torch": str(torch.__version__), "monai": monai.__version__,
             "python": platform.python_version(), "platform": platform.platform(), "git_commit": git_commit(),
             "argv": list(sys.argv)}

@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
 
 from applefair.errors import InputError
 
 M = TypeVar("M", bound=BaseModel)
 
-# what `--device` accepts everywhere (resolved by `applefair.speed.resolve_device`)
+# what `--device` accepts everywhere (resolved by `applefair.engine.device.resolve_device`)
 Device = Annotated[str, StringConstraints(pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")]
 
 
@@ -30,22 +30,6 @@ class Settings(BaseModel):
     """Base of every command's settings: unknown keys are an error, values are validated on assignment."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class DemoSettings(Settings):
-    """Settings of `applefair demo` (the built-in synthetic benchmark)."""
-
-    quick: bool = Field(False, description="Small, fast version (about a minute on 2 cores).")
-    n: int | None = Field(None, gt=0, description="Number of synthetic images (default 800, quick 240).")
-    size: int | None = Field(None, ge=16, description="Image side in pixels (default 96, quick 64).")
-    bias: str = Field("contrast", description="Bias mechanism of the synthetic data.")
-    minority_share: float = Field(0.25, gt=0.0, lt=1.0, description="Share of the minority group.")
-    seed: int = Field(0, ge=0, description="Seed for data, training and APPLE.")
-    erm_epochs: int | None = Field(None, ge=1, description="Epochs of ERM training (default 30, quick 15).")
-    erm_lr: float | None = Field(None, gt=0.0, description="Learning rate of ERM training (default 3e-3, quick 5e-3).")
-    apple_epochs: int | None = Field(None, ge=1, description="Epochs of APPLE training (default 20, quick 4).")
-    channels: list[int] | None = Field(None, min_length=2, description="U-Net channels per level.")
-    device: Device = Field("auto", description="auto, cpu, cuda or cuda:N.")
 
 
 def _format_loc(loc: tuple) -> str:

@@ -1,6 +1,6 @@
 """`applefair train` as a function: data -> ERM-trained model folder (model.safetensors + model.yaml).
 
-The folder is built in the hidden sibling `.NAME.resume.partial` (`applefair.io.resumable_dir`)
+The folder is built in the hidden sibling `.NAME.resume.partial` (`applefair.engine.io.resumable_dir`)
 with a checkpoint after every epoch; a killed run is continued with `resume=True`, and only a
 finished run appears at `out` (without the checkpoint).
 """
@@ -19,16 +19,16 @@ import pandas as pd
 import torch
 from pydantic import Field
 
-import applefair
-from applefair.config import Device, Settings
+from applefair._version import __version__
 from applefair.data.formats import parse_key_values
-from applefair.io import resumable_dir, write_csv, write_yaml
+from applefair.engine.config import Device, Settings
+from applefair.engine.io import resumable_dir, write_csv, write_yaml
+from applefair.engine.runinfo import run_info
 from applefair.models.checkpoints import load_checkpoint
 from applefair.models.registry import create_segmentor, save_model_dir
-from applefair.runinfo import run_info
 
 if TYPE_CHECKING:
-    from applefair.models.train import TrainConfig
+    from applefair.training.erm import TrainConfig
 
 log = logging.getLogger("applefair")
 
@@ -55,7 +55,8 @@ class TrainSettings(Settings):
     device: Device = "auto"
 
     def train_config(self, device: str) -> TrainConfig:
-        from applefair.models.train import TrainConfig, parse_augment
+        from applefair.data.augment import parse_augment
+        from applefair.training.erm import TrainConfig
 
         parse_augment(self.augment)
         lr = self.lr if self.lr is not None else (1e-2 if self.optimizer == "sgd" else 2e-3)
@@ -75,8 +76,8 @@ def run_train(data: str | os.PathLike, model: str, out: str | os.PathLike, cfg: 
     Returns {"spec", "history", "best_val_dice", "seconds"}.
     """
     from applefair.data import GroupSpec, SegmentationDataset, load_dataset
-    from applefair.logs import run_logging
-    from applefair.models.train import CHECKPOINT, check_resume, resume_key, train_segmentor
+    from applefair.engine.logs import run_logging
+    from applefair.training.erm import CHECKPOINT, check_resume, resume_key, train_segmentor
 
     started = time.time()
     net, spec = create_segmentor(model, tiny=tiny, seed=cfg.seed, **(model_args or {}))
@@ -84,7 +85,7 @@ def run_train(data: str | os.PathLike, model: str, out: str | os.PathLike, cfg: 
         load_checkpoint(net, spec.name, checkpoint)
     with resumable_dir(out, CHECKPOINT, overwrite=overwrite, resume=resume) as (stage, resuming):
         with run_logging(stage):
-            config = {"command": "train", "argv": sys.argv, "applefair": applefair.__version__,
+            config = {"command": "train", "argv": sys.argv, "applefair": __version__,
                       "torch": torch.__version__, "data": str(data) if data else None, "format": data_format,
                       "options": data_options or {}, "size": size, "attribute": attribute, "model": model,
                       "tiny": tiny, "model_args": spec.args, "checkpoint": str(checkpoint) if checkpoint else None,

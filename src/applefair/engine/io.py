@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -16,6 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 from safetensors import SafetensorError
@@ -137,7 +139,7 @@ def staged_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path
     Under torchrun only rank 0 writes `out`; other ranks get a scratch folder, removed after.
     """
     out = Path(out)
-    from applefair.distributed import is_main  # late: every module imports io
+    from applefair.engine.distributed import is_main  # late: every module imports io
 
     if not is_main():
         with tempfile.TemporaryDirectory(prefix=".applefair-rank-") as scratch:
@@ -177,7 +179,7 @@ def resumable_dir(out: str | os.PathLike, marker: str, overwrite: bool = False,
     """
     out = Path(out)
     stage = resume_stage(out)
-    from applefair.distributed import is_main  # late: every module imports io
+    from applefair.engine.distributed import is_main  # late: every module imports io
 
     resuming = resume and (stage / marker).is_file()
     if not is_main():  # other ranks: a scratch copy of the stage, so that every rank resumes from the same state
@@ -253,3 +255,26 @@ def _publish(stage: Path, out: Path) -> None:
         os.replace(out, trash / "old")
         shutil.rmtree(trash, ignore_errors=True)
     os.replace(stage, out)
+
+
+def json_safe(obj):
+    """NaN and +-inf become null (strict JSON); numpy scalars become Python numbers."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def folder_hash(path: str | os.PathLike) -> str:
+    """SHA-256 over every file (relative name and bytes) under `path`."""
+    h = hashlib.sha256()
+    root = Path(path)
+    for p in sorted(q for q in root.rglob("*") if q.is_file()):
+        h.update(str(p.relative_to(root)).encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from applefair.baselines.compare import DEPLOYED, cell_dir, cell_key, read_result
-from applefair.baselines.settings import CompareSettings
-from applefair.io import write_csv, write_text
+from applefair.engine.io import write_csv, write_text
 from applefair.metrics.compare import aggregate_comparisons, format_mean_std, paired_comparison
+from applefair.workflows.compare.cells import DEPLOYED, cell_dir, cell_key, read_result
+from applefair.workflows.compare.settings import CompareSettings
 
 FAIRNESS = ("dice_delta", "dice_skewness", "es_dice_sum", "es_dice_std")
 MARKED = {("overall", "dice"): "dice", ("overall", "iou"): "iou", **{("fairness", k): k for k in FAIRNESS}}

@@ -9,28 +9,25 @@ Writes into a run folder (atomically, via `staged_dir`):
 from __future__ import annotations
 
 import json
-import math
 import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
-import yaml
 
 from applefair.data import load_dataset
-from applefair.data.groups import GroupSpec
+from applefair.data.groups import build_group_spec
 from applefair.data.manifest import SegmentationDataset
+from applefair.engine.device import resolve_device
+from applefair.engine.io import json_safe, staged_dir, state_dict_hash, write_csv, write_json, write_yaml
 from applefair.errors import InputError
-from applefair.io import staged_dir, state_dict_hash, write_csv, write_json, write_yaml
 from applefair.metrics.compare import aggregate_comparisons, aggregate_seeds, format_mean_std, paired_comparison
 from applefair.metrics.evaluate import score_and_capture
 from applefair.metrics.fairness import fairness_summary
 from applefair.metrics.leakage import PROBES, site_leakage
 from applefair.metrics.segmentation import METRICS
-from applefair.speed import resolve_device
 
 
 @dataclass
@@ -52,58 +49,9 @@ class EvalOptions:
     size: int | None = None  # resize every sample to size x size (as the model was trained)
 
 
-def json_safe(obj):
-    """NaN and +-inf become null (strict JSON); numpy scalars become Python numbers."""
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, (np.floating, float)):
-        return float(obj) if math.isfinite(obj) else None
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
-
-
 def load_frame(data: str | os.PathLike, format: str | None = None, options: dict | None = None) -> pd.DataFrame:
     """The dataset as a manifest frame, from a manifest or any supported dataset layout."""
     return load_dataset(data, format=format, **(options or {}))
-
-
-def build_group_spec(attributes: Sequence[str], groups: str | None, patch_groups: dict | None = None) -> GroupSpec:
-    """The GroupSpec from --attribute (one or more; several mean their intersection) and/or --groups."""
-    spec: GroupSpec | None = None
-    if groups:
-        path = Path(groups)
-        if path.suffix.lower() in (".yaml", ".yml", ".json") or path.is_file():
-            if not path.is_file():
-                raise InputError(f"{path}: group spec file not found")
-            try:
-                spec = GroupSpec.from_dict(yaml.safe_load(path.read_text(encoding="utf-8")))
-            except yaml.YAMLError as exc:
-                raise InputError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-        else:
-            spec = _parse(groups)
-    if attributes:
-        from_attrs = _parse("*".join(attributes)) if len(attributes) > 1 else _parse(attributes[0])
-        if spec is None:
-            spec = from_attrs
-        elif sorted(_attributes(spec)) != sorted(_attributes(from_attrs)):
-            raise InputError(f"--groups '{groups}' reads column(s) {_attributes(spec)} but --attribute names "
-                             f"{_attributes(from_attrs)}; give one of them, or the same columns")
-    if spec is None and patch_groups:
-        spec = GroupSpec.from_dict(patch_groups)
-    if spec is None:
-        raise InputError("no sensitive attribute: give --attribute (e.g. --attribute sex) or --groups")
-    return spec
-
-
-def _parse(text: str) -> GroupSpec:
-    return GroupSpec.parse(text)
-
-
-def _attributes(spec: GroupSpec) -> list[str]:
-    return list(spec.attributes)
 
 
 def run_evaluation(data: str | os.PathLike, model_dir: str | os.PathLike, out: str | os.PathLike, *,
@@ -112,9 +60,9 @@ def run_evaluation(data: str | os.PathLike, model_dir: str | os.PathLike, out: s
                    quiet: bool = True) -> dict:
     """Evaluate, write the run folder, and return {'metrics', 'leakage', 'paired'?, 'frozen_check'?}."""
     from applefair.apple.patch import attach
+    from applefair.engine.runinfo import run_info
     from applefair.models.registry import load_model_dir
     from applefair.report import write_reports
-    from applefair.runinfo import run_info
 
     opts = opts or EvalOptions()
     bad = [m for m in opts.metrics if m not in METRICS]

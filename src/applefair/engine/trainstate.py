@@ -1,7 +1,7 @@
 """A trainer's full state as one safetensors file (no pickle), written atomically.
 
 Shared by the APPLE trainer (`applefair.apple.checkpoint`) and the ERM trainer
-(`applefair.models.train`): networks, extra state dicts (e.g. the best epoch's weights),
+(`applefair.training.erm`): networks, extra state dicts (e.g. the best epoch's weights),
 optimisers, learning-rate schedulers, and every random stream a trainer draws from (torch,
 CUDA, the data-order generator, NumPy and Python globals, and private NumPy streams such as
 MONAI transforms'). Tensors go in the body; everything else is JSON in the header, so that
@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 
+from applefair.engine.io import load_tensors, save_tensors
 from applefair.errors import InputError
-from applefair.io import load_tensors, save_tensors
 
 
 def _flatten_optimizer(prefix: str, opt: torch.optim.Optimizer, tensors: dict) -> dict:

@@ -13,7 +13,7 @@ allocator's peak is reported as well. Wall times depend on other load on the mac
 average is recorded); CPU times (process_time) much less so.
 """
 
-from applefair.perf.config import RETRAINING, SECTIONS, TARGETS, BenchConfig
-from applefair.perf.run import run_bench
+from applefair.workflows.bench.config import RETRAINING, SECTIONS, TARGETS, BenchConfig, BenchSettings
+from applefair.workflows.bench.run import run_bench
 
-__all__ = ["RETRAINING", "SECTIONS", "TARGETS", "BenchConfig", "run_bench"]
+__all__ = ["RETRAINING", "SECTIONS", "TARGETS", "BenchConfig", "BenchSettings", "run_bench"]

@@ -15,26 +15,43 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from pydantic import Field
 
-import applefair
+from applefair._version import __version__
 from applefair.apple.patch import save_patch
 from applefair.apple.trainer import AppleConfig, train_apple
 from applefair.data.groups import GroupSpec
 from applefair.data.manifest import SegmentationDataset, read_manifest
 from applefair.data.synthetic import generate
-from applefair.io import staged_dir, state_dict_hash, write_csv, write_json, write_yaml
+from applefair.engine.config import Device, Settings
+from applefair.engine.io import json_safe, staged_dir, state_dict_hash, write_csv, write_json, write_yaml
+from applefair.engine.runinfo import run_info
 from applefair.metrics.compare import paired_comparison
 from applefair.metrics.evaluate import score_and_capture
 from applefair.metrics.fairness import fairness_summary
 from applefair.metrics.leakage import site_leakage
-from applefair.metrics.run import json_safe
 from applefair.models.registry import create_segmentor, save_model_dir
-from applefair.models.train import TrainConfig, train_segmentor
 from applefair.report import write_reports
-from applefair.runinfo import run_info
+from applefair.training.erm import TrainConfig, train_segmentor
 
 log = logging.getLogger("applefair")
 BOOTSTRAP = 1000  # resamples for every confidence interval of the demo
+
+
+class DemoSettings(Settings):
+    """Settings of `applefair demo` (the built-in synthetic benchmark)."""
+
+    quick: bool = Field(False, description="Small, fast version (about a minute on 2 cores).")
+    n: int | None = Field(None, gt=0, description="Number of synthetic images (default 800, quick 240).")
+    size: int | None = Field(None, ge=16, description="Image side in pixels (default 96, quick 64).")
+    bias: str = Field("contrast", description="Bias mechanism of the synthetic data.")
+    minority_share: float = Field(0.25, gt=0.0, lt=1.0, description="Share of the minority group.")
+    seed: int = Field(0, ge=0, description="Seed for data, training and APPLE.")
+    erm_epochs: int | None = Field(None, ge=1, description="Epochs of ERM training (default 30, quick 15).")
+    erm_lr: float | None = Field(None, gt=0.0, description="Learning rate of ERM training (default 3e-3, quick 5e-3).")
+    apple_epochs: int | None = Field(None, ge=1, description="Epochs of APPLE training (default 20, quick 4).")
+    channels: list[int] | None = Field(None, min_length=2, description="U-Net channels per level.")
+    device: Device = Field("auto", description="auto, cpu, cuda or cuda:N.")
 
 
 @dataclass
@@ -78,7 +95,7 @@ def run_demo(out: str | os.PathLike, cfg: DemoConfig, quiet: bool = False, overw
 
 
 def _run(stage: Path, cfg: DemoConfig, quiet: bool) -> dict:
-    config = {"command": "demo", "argv": sys.argv, "applefair": applefair.__version__,
+    config = {"command": "demo", "argv": sys.argv, "applefair": __version__,
               "torch": torch.__version__, **asdict(cfg), "run": run_info()}
     write_yaml(stage / "config.yaml", config)
     log.info("config %s", config)

@@ -16,7 +16,7 @@ console = Console(stderr=True)
 
 
 def progress_bar(quiet: bool = False) -> Progress:
-    from applefair.distributed import is_main  # under torchrun, only rank 0 draws bars
+    from applefair.engine.distributed import is_main  # under torchrun, only rank 0 draws bars
 
     quiet = quiet or not is_main()
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from applefair.engine.config import Settings
+
 RETRAINING = ("resampling", "groupdro", "febs", "adversarial")
 SECTIONS = ("mitigation", "inference", "dataset_size", "image_size", "evaluation")
 TARGETS = {"mitigation_cost_ratio": 0.25, "mitigation_cost_ratio_aim": 0.10, "inference_latency_ratio": 1.10,
@@ -39,3 +41,13 @@ class BenchConfig:
         return cls(seed=seed, n=240, size=64, deploy_epochs=3, epochs=2, latency_size=96, latency_repeats=5,
                    sam_args={}, sam_tiny=True, dataset_sizes=(256, 512, 1024), image_sizes=(64, 128),
                    scaling_n=128, eval_n=256)
+
+
+class BenchSettings(Settings):
+    """Settings of `applefair bench` (YAML keys for --config)."""
+
+    quick: bool = False
+    seed: int = 0
+    device: str = "auto"
+    only: list[str] | None = None  # sections to measure (default: all)
+    dataset_sizes: list[int] | None = None  # data-set sizes of the scaling rows (default 1k/4k/16k; quick smaller)

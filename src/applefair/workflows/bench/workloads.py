@@ -16,10 +16,10 @@ import torch
 from applefair.data.groups import GroupSpec
 from applefair.data.manifest import SegmentationDataset, read_manifest
 from applefair.data.synthetic import generate
-from applefair.io import write_csv
-from applefair.perf.config import BenchConfig
-from applefair.perf.measure import Measure, attempt
-from applefair.speed import to_device
+from applefair.engine.device import to_device
+from applefair.engine.io import write_csv
+from applefair.workflows.bench.config import BenchConfig
+from applefair.workflows.bench.measure import Measure, attempt
 
 # ----------------------------------------------------------------------------- data
 
@@ -56,7 +56,7 @@ def mitigation_cost(cfg: BenchConfig, work: Path, model: str = "unet", tiny: boo
     from applefair.baselines import get_method
     from applefair.baselines.base import Budget
     from applefair.models.registry import create_segmentor
-    from applefair.models.train import TrainConfig, train_segmentor
+    from applefair.training.erm import TrainConfig, train_segmentor
 
     folder = work / "cost"
     manifest = folder / "manifest.csv" if (folder / "manifest.csv").is_file() else \
@@ -150,7 +150,8 @@ def inference_overhead(name: str, size: int, repeats: int, tiny: bool = False, s
     default perturber at the model's default site; parameters also for smaller widths."""
     from applefair.apple.config import AppleConfig
     from applefair.apple.patch import PatchedSegmentor, perturbers_for
-    from applefair.models.registry import create_segmentor, segment
+    from applefair.models.forward import segment
+    from applefair.models.registry import create_segmentor
 
     dev = torch.device(device)
     cuda = dev.type == "cuda"

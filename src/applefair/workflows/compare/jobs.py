@@ -19,16 +19,15 @@ from pathlib import Path
 
 import torch
 
-from applefair.baselines.settings import CompareSettings
-from applefair.progress import progress_bar
+from applefair.engine.progress import progress_bar
+from applefair.workflows.compare.cells import plan
+from applefair.workflows.compare.settings import CompareSettings
 
 log = logging.getLogger("applefair")
 
 
 def blocks(settings: CompareSettings, only: Mapping[str, list] | None) -> list[tuple[int, str, str]]:
     """(seed, dataset, segmentor) of every block that has a cell in `plan(settings, only)`, in run order."""
-    from applefair.baselines.compare import plan
-
     seen: dict[tuple[int, str, str], None] = {}
     for seed, ds, seg, _ in plan(settings, only):
         seen.setdefault((seed, ds.name, seg.key), None)
@@ -40,8 +39,8 @@ def _worker(settings: dict, root: str, out: str, only: dict, deadline: float | N
     """One block in a fresh process (the arguments are plain data: they cross a process boundary)."""
     import warnings
 
-    from applefair.baselines.compare import run_cells
-    from applefair.speed import resolve_device
+    from applefair.engine.device import resolve_device
+    from applefair.workflows.compare.grid import run_cells
 
     warnings.simplefilter("ignore")
     torch.set_num_threads(threads)
@@ -60,7 +59,7 @@ def _worker(settings: dict, root: str, out: str, only: dict, deadline: float | N
 def run_blocks(settings: CompareSettings, root: Path, out: Path, only: Mapping[str, list] | None,
                deadline: float | None, quiet: bool, device: str, jobs: int) -> dict:
     """Every block of the plan in `jobs` worker processes; returns the summed cell counts."""
-    from applefair.baselines.compare import prepare_dataset
+    from applefair.workflows.compare.grid import prepare_dataset
 
     todo = blocks(settings, only)
     for name in dict.fromkeys(ds for _, ds, _ in todo):  # generate each dataset once, before any worker reads it

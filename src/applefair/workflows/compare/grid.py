@@ -1,4 +1,4 @@
-"""`applefair compare`: every method on every segmentor, dataset and seed, resumable cell by cell.
+"""The comparison grid in one process: every method on every segmentor, dataset and seed, cell by cell.
 
 Folder layout of a comparison run (`--out DIR`):
 
@@ -17,11 +17,8 @@ unchanged model on the test split.
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-import json
 import logging
-import os
 import time
 import traceback
 from collections.abc import Mapping
@@ -30,63 +27,31 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from applefair import distributed
 from applefair.baselines import get_method
 from applefair.baselines.base import Budget, FitResult
-from applefair.baselines.settings import CompareSettings, DatasetSpec, SegmentorSpec
 from applefair.data.groups import GroupSpec
 from applefair.data.manifest import SegmentationDataset, read_manifest
+from applefair.engine.io import staged_dir, state_dict_hash, write_json
 from applefair.errors import InputError, OutputError
-from applefair.io import staged_dir, state_dict_hash, write_csv, write_json, write_yaml
 from applefair.metrics.evaluate import predict_scores
 from applefair.metrics.fairness import fairness_summary
 from applefair.metrics.leakage import pool_latent, probe_auc
 from applefair.models.registry import create_segmentor, load_model_dir, save_model_dir
 from applefair.models.sites import find_module
-from applefair.models.train import TrainConfig, train_segmentor
-from applefair.report import write_reports
-from applefair.runinfo import run_info
-from applefair.speed import resolve_device
+from applefair.training.erm import TrainConfig, train_segmentor
+from applefair.workflows.compare.cells import (
+    DEPLOYED,
+    cell_dir,
+    cell_key,
+    plan,
+    read_json_or_none,
+    read_result,
+    write_cell,
+)
+from applefair.workflows.compare.settings import CompareSettings, DatasetSpec, SegmentorSpec
+from applefair.workflows.compare.table import write_tables
 
 log = logging.getLogger("applefair")
-DEPLOYED = "deployed"
-
-
-def cell_dir(out: Path, dataset: str, segmentor: str, method: str, seed: int) -> Path:
-    return out / "cells" / dataset / segmentor / method / f"seed{seed}"
-
-
-def _hash(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def cell_key(settings: CompareSettings, ds: DatasetSpec, seg: SegmentorSpec, method: str, seed: int) -> str:
-    """Settings hash of one cell: a cell is redone when anything it depends on changes."""
-    parts = {"dataset": ds.model_dump(), "segmentor": seg.model_dump(), "deploy": settings.deploy.model_dump(),
-             "seed": seed, "leakage": settings.leakage}
-    if method != DEPLOYED:
-        spec = next(m for m in settings.methods if m.name == method)
-        parts.update(budget=settings.budget, method=spec.model_dump())
-    return _hash(parts)
-
-
-def read_result(path: Path) -> dict | None:
-    """A cell's record; None when missing or unreadable, and for a 'done' cell whose scores are gone
-    (a damaged cell is redone, never taken as finished)."""
-    record = read_json_or_none(path / "result.json")
-    if record is not None and record.get("status") == "done":
-        if read_json_or_none(path / "metrics.json") is None or not (path / "per_sample.csv").is_file():
-            return None
-    return record
-
-
-def read_json_or_none(f: Path) -> dict | None:
-    if not f.is_file():
-        return None
-    try:
-        return json.loads(f.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
 
 
 def prepare_dataset(ds: DatasetSpec, root: Path, out: Path) -> tuple[pd.DataFrame, GroupSpec]:
@@ -155,18 +120,6 @@ def evaluate(model: torch.nn.Module, latent_module: torch.nn.Module | None, test
     return scores, summary, auc
 
 
-def write_cell(folder: Path, record: dict, scores: pd.DataFrame | None = None, summary: dict | None = None,
-               history: list[dict] | None = None) -> None:
-    with staged_dir(folder, overwrite=True) as stage:
-        if scores is not None:
-            write_csv(stage / "per_sample.csv", scores)
-        if summary is not None:
-            write_json(stage / "metrics.json", summary)
-        if history:
-            write_csv(stage / "history.csv", pd.DataFrame(history))
-        write_json(stage / "result.json", record)
-
-
 def run_cell(settings: CompareSettings, method: str, net, spec, split, groups, seed: int,
              quiet: bool) -> tuple[dict, pd.DataFrame, dict, list[dict]]:
     """Fit one method (or evaluate the deployed model) and evaluate it on the test split."""
@@ -188,70 +141,11 @@ def run_cell(settings: CompareSettings, method: str, net, spec, split, groups, s
     return record, scores, summary, fit.history
 
 
-def plan(settings: CompareSettings, only: Mapping[str, list] | None = None) -> list[tuple]:
-    """The cells of the config, in run order: seed, dataset, segmentor, then deployed + methods.
-
-    `only` restricts what runs now (keys datasets, segmentors, methods, seeds); tables still list every cell.
-    """
-    only = {k: v for k, v in (only or {}).items() if v}
-    cells = []
-    for seed in settings.seeds:
-        if "seeds" in only and seed not in only["seeds"]:
-            continue
-        for ds in settings.datasets:
-            if "datasets" in only and ds.name not in only["datasets"]:
-                continue
-            for seg in settings.segmentors:
-                if "segmentors" in only and seg.key not in only["segmentors"]:
-                    continue
-                for m in [DEPLOYED] + [m.name for m in settings.methods]:
-                    if "methods" in only and m not in only["methods"] and m != DEPLOYED:
-                        continue
-                    cells.append((seed, ds, seg, m))
-    return cells
-
-
-def run_compare(settings: CompareSettings, root: Path, out: str | os.PathLike, only: Mapping[str, list] | None = None,
-                time_limit_min: float | None = None, quiet: bool = False, table_every_s: float = 60.0,
-                device: str = "auto", jobs: int = 1) -> dict:
-    """Run (or resume) the comparison into `out`; returns counts of cells run / skipped / failed / left.
-
-    The tables are rewritten at most every `table_every_s` seconds while running, and at the end.
-    Every model trains and evaluates on `device` (auto, cpu, cuda, cuda:N); a cell's key does not
-    depend on it, so a run may resume on another device (each result records where it ran).
-    `jobs` > 1 runs the (seed, dataset, segmentor) blocks in that many worker processes.
-    """
-    from applefair.baselines.table import write_tables
-
-    if jobs < 1:
-        raise InputError(f"--jobs {jobs}: expected 1 or more worker processes")
-    if distributed.launched_world_size() > 1:
-        raise InputError("compare runs whole cells per process: use --jobs N instead of torchrun "
-                         "(torchrun is for one long training: train or mitigate)")
-    dev = resolve_device(device)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    write_yaml(out / "config.yaml", {**settings.model_dump(), "run": {**run_info(), "device": str(dev), "jobs": jobs}})
-    deadline = None if time_limit_min is None else time.time() + 60 * time_limit_min
-    if jobs > 1:
-        from applefair.baselines.jobs import run_blocks
-
-        counts = run_blocks(settings, root, out, only, deadline, quiet, str(dev), jobs)
-    else:
-        torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
-        counts = run_cells(settings, root, out, only, deadline, quiet, dev, table_every_s)
-    write_tables(settings, out)
-    write_reports(out)  # report.html / report.md with the trade-off plot across methods
-    return counts
-
-
 def run_cells(settings: CompareSettings, root: Path, out: Path, only: Mapping[str, list] | None,
               deadline: float | None, quiet: bool, dev: torch.device, table_every_s: float | None = None) -> dict:
     """The cells of `plan(settings, only)` in this process; cells not started by `deadline` are left.
 
     `table_every_s`: rewrite the tables at most that often (None: never; the caller writes them)."""
-    from applefair.baselines.table import write_tables
-
     counts = {"run": 0, "skipped": 0, "failed": 0, "left": 0}
     cache: dict = {}
     deploy_errors: dict[tuple, str] = {}  # a deployed model that failed once is not retried for every method

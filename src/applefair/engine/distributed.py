@@ -138,7 +138,7 @@ def init(backend: str | None = None, timeout_s: float = 1800.0) -> DistInfo:
 def resolve_device(name: str | torch.device = "cpu") -> torch.device:
     """`name` as a device, joining the process group first; under torchrun a bare 'cuda' becomes
     this process's own GPU (cuda:LOCAL_RANK), so that N processes do not share GPU 0."""
-    from applefair.speed import resolve_device as _resolve
+    from applefair.engine.device import resolve_device as _resolve
 
     init()
     return _resolve(name)
@@ -246,7 +246,7 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool = True, seed: i
     with N processes, each rank gets `batch_size / N` samples of every one of those batches
     (see `ShardSampler`).
 
-    `shards` > 0: the shard-stratified order of `applefair.sharding.ShardedBatchSampler` instead,
+    `shards` > 0: the shard-stratified order of `applefair.engine.sharding.ShardedBatchSampler` instead,
     in which every rank only ever sees the samples it owns (`shard_indices`), so that it can keep
     a per-rank latent cache; one process with the same `shards` draws the same global batches.
     """
@@ -256,7 +256,7 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool = True, seed: i
     if num_workers > 0:
         extra.setdefault("persistent_workers", True)
     if shards:
-        from applefair.sharding import ShardedBatchSampler
+        from applefair.engine.sharding import ShardedBatchSampler
 
         if sampler is not None:
             raise ValueError("make_loader: a base sampler and shards cannot be combined")

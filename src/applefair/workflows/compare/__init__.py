@@ -1,0 +1,1 @@
+"""`applefair compare`: the experiment grid (methods x segmentors x datasets x seeds)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from applefair.apple.discriminator import Discriminator, pool
+from applefair.apple.discriminator import Discriminator
 from applefair.apple.perturber import ConvPerturber, Perturber, build_perturber
 
 
@@ -54,13 +54,6 @@ def test_discriminator_any_number_of_groups_and_sites(groups, opts):
     assert logits.shape == (5, groups)
     blocks = [m for m in d.mlp if isinstance(m, torch.nn.BatchNorm1d)]
     assert len(blocks) == 4  # input standardisation + three Linear+BN+ReLU blocks
-
-
-def test_pool_mean_and_std():
-    f = torch.arange(8.0).reshape(1, 2, 2, 2)
-    p = pool(f)
-    assert torch.allclose(p, torch.tensor([[1.5, 5.5, f[0, 0].std(unbiased=False), f[0, 1].std(unbiased=False)]]))
-    assert torch.allclose(pool(f.flatten(2).transpose(1, 2)), p)  # tokens give the same statistics
 
 
 def test_discriminator_rejects_one_group():

@@ -38,12 +38,11 @@ frame = read_manifest(manifest)
 groups = GroupSpec("sex").fit(frame)
 net, spec = load_model_dir(model_dir)
 cfg = AppleConfig(epochs=4, perturber="conv", width=8, d_hidden=16, batch_size=8, d_warmup=1)
-patched, history, check = train_apple(net, spec.site, SegmentationDataset(frame, groups, "train"),
-                                      SegmentationDataset(frame, groups, "val"), groups, cfg, quiet=True,
-                                      run_dir=run_dir, resume=resume)
-print("RESULT", json.dumps({"history": history, "selected": check["selected_epoch"],
-                            "state": {k: v.flatten().tolist() for k, v in patched.perturbers.state_dict().items()}}),
-      flush=True)
+res = train_apple(net, spec.site, SegmentationDataset(frame, groups, "train"),
+                  SegmentationDataset(frame, groups, "val"), groups, cfg, quiet=True, run_dir=run_dir, resume=resume)
+state = res.patched.perturbers.state_dict()
+print("RESULT", json.dumps({"history": res.history, "selected": res.selected_epoch,
+                            "state": {k: v.flatten().tolist() for k, v in state.items()}}), flush=True)
 """
 
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from applefair.apple import AppleConfig, train_apple
+from applefair.engine.config import validate_settings
 from applefair.engine.io import state_dict_hash
 from applefair.errors import InputError
 
@@ -22,10 +23,11 @@ def test_cached_and_uncached_training_agree_and_the_segmentor_stays_frozen(apple
     x = torch.stack([split["val"][i]["image"] for i in range(6)])
     for cache in ("auto", "off"):
         cfg = AppleConfig(epochs=2, cache=cache, **FAST)
-        patched, history, check = train_apple(net, spec.site, split["train"], split["val"], groups, cfg, quiet=True)
-        assert check["unchanged"] and state_dict_hash(net) == before
+        res = train_apple(net, spec.site, split["train"], split["val"], groups, cfg, quiet=True)
+        patched, history = res.patched, res.history
+        assert state_dict_hash(net) == before
         assert not net.training and not any(p.requires_grad for p in net.parameters())
-        assert (len(check["cache"]) > 0) == (cache == "auto")
+        assert (len(res.cache) > 0) == (cache == "auto")
         with torch.no_grad():
             logits = patched(x)
             perturbation = patched.latents[spec.site][1] - patched.latents[spec.site][0]
@@ -67,8 +69,10 @@ def test_three_groups_unknowns_all_sites_and_every_option(apple_setup, tiny_fram
     cfg = AppleConfig(epochs=2, objective="grl", beta=0.5, lam=0.1, gamma=0.5, balanced_seg=True, d_spectral_norm=True,
                       d_label_smoothing=0.1, n_d=2, d_warmup=1, sites=sites, global_branch=True,
                       perturber="unet", width=4, res_blocks=1, d_hidden=16, batch_size=8)
-    patched, history, check = train_apple(net, spec.site, split["train"], split["val"], groups, cfg, quiet=True)
-    assert check["unchanged"] and check["sites"] == sites
+    before = state_dict_hash(net)
+    res = train_apple(net, spec.site, split["train"], split["val"], groups, cfg, quiet=True)
+    patched, history = res.patched, res.history
+    assert state_dict_hash(net) == before and res.sites == sites
     assert history[1]["warmup"] is True and history[2]["warmup"] is False
     for key in ("l_seg", "l_d", "d_acc", "d_entropy", "mean_gap", "probe_auc", "val_dice", "val_es_dice"):
         assert math.isfinite(history[-1][key]), key
@@ -79,14 +83,15 @@ def test_three_groups_unknowns_all_sites_and_every_option(apple_setup, tiny_fram
 def test_early_stopping_keeps_the_deployed_model_when_nothing_qualifies(apple_setup):
     net, spec, groups, split = apple_setup
     cfg = AppleConfig(epochs=5, patience=1, tolerance=-1.0, d_warmup=1, **FAST)  # no epoch can qualify
-    patched, history, check = train_apple(net, spec.site, split["train"], split["val"], groups, cfg, quiet=True)
-    assert check["stopped_early"] and check["selected_epoch"] == 0
+    res = train_apple(net, spec.site, split["train"], split["val"], groups, cfg, quiet=True)
+    patched, history = res.patched, res.history
+    assert res.stopped_early and res.selected_epoch == 0
     assert [r["epoch"] for r in history] == [0, 1, 2]
     x = torch.stack([split["val"][i]["image"] for i in range(4)])
     with torch.no_grad():
         patched_out = patched(x)
-        patched.enabled = False
-        plain = patched(x)
+        with patched.disabled():
+            plain = patched(x)
     assert torch.equal(patched_out, plain)  # epoch 0 = zero perturbation
     patched.remove()
 
@@ -94,26 +99,26 @@ def test_early_stopping_keeps_the_deployed_model_when_nothing_qualifies(apple_se
 def test_a_leakage_bound_only_selects_epochs_whose_probe_is_below_it(apple_setup):
     net, spec, groups, split = apple_setup
     free = AppleConfig(epochs=3, tolerance=1.0, d_warmup=0, **FAST)  # every epoch qualifies on Dice
-    first, history, check = train_apple(net, spec.site, split["train"], split["val"], groups, free, quiet=True)
-    first.remove()
-    aucs = {r["epoch"]: r["probe_auc"] for r in history[1:]}
-    assert check["selected_epoch"] > 0  # else the bound below could not change the choice
+    res = train_apple(net, spec.site, split["train"], split["val"], groups, free, quiet=True)
+    res.patched.remove()
+    aucs = {r["epoch"]: r["probe_auc"] for r in res.history[1:]}
+    assert res.selected_epoch > 0  # else the bound below could not change the choice
     bound = min(aucs.values()) - 1e-9  # below every epoch's probe: none may be selected
     cfg = AppleConfig(epochs=3, tolerance=1.0, d_warmup=0, max_probe_auc=max(bound, 0.5), **FAST)
-    patched, history2, check2 = train_apple(net, spec.site, split["train"], split["val"], groups, cfg, quiet=True)
-    assert [r["probe_auc"] for r in history2[1:]] == list(aucs.values())  # the same game, only the choice differs
-    assert bound >= 0.5 and check2["selected_epoch"] == 0, aucs
-    patched.remove()
+    res2 = train_apple(net, spec.site, split["train"], split["val"], groups, cfg, quiet=True)
+    assert [r["probe_auc"] for r in res2.history[1:]] == list(aucs.values())  # the same game, only the choice differs
+    assert bound >= 0.5 and res2.selected_epoch == 0, aucs
+    res2.patched.remove()
 
 
 def test_config_errors_name_the_key():
-    with pytest.raises(InputError, match="objective='flip'"):
+    with pytest.raises(InputError, match="key 'objective'.*'flip'"):
         AppleConfig(objective="flip")
-    with pytest.raises(InputError, match="unknown APPLE option"):
-        AppleConfig.from_dict({"alpah": 1.0})
+    with pytest.raises(InputError, match="unknown key 'alpah'"):
+        validate_settings({"alpah": 1.0}, AppleConfig, "apple.yaml")
     with pytest.raises(InputError, match="epochs"):
         AppleConfig(epochs=0)
-    with pytest.raises(InputError, match="max_probe_auc=0.3"):
+    with pytest.raises(InputError, match="key 'max_probe_auc'.*0.3"):
         AppleConfig(max_probe_auc=0.3)
 
 
@@ -122,13 +127,14 @@ def test_bf16_autocast_runs_the_game_and_fp16_is_refused(apple_setup):
     net, spec, groups, split = apple_setup
     before = state_dict_hash(net)
     cfg = AppleConfig(epochs=2, precision="bf16", **FAST)
-    patched, history, check = train_apple(net, spec.site, split["train"], split["val"], groups, cfg, quiet=True)
-    assert check["unchanged"] and state_dict_hash(net) == before
+    res = train_apple(net, spec.site, split["train"], split["val"], groups, cfg, quiet=True)
+    patched, history = res.patched, res.history
+    assert state_dict_hash(net) == before
     assert all(math.isfinite(history[-1][k]) for k in ("l_seg", "l_d", "val_dice", "pert_norm"))
     assert history[-1]["pert_norm"] > 0
     assert all(p.dtype == torch.float32 for p in patched.perturbers.parameters())  # weights stay fp32
     patched.remove()
-    with pytest.raises(InputError, match="precision='fp16'"):
+    with pytest.raises(InputError, match="key 'precision'.*'fp16'"):
         AppleConfig(precision="fp16")
 
 
@@ -146,9 +152,9 @@ def test_with_the_cache_the_encoder_runs_once_whatever_the_epochs(apple_setup):
         for cache in ("auto", "off"):
             for epochs in (1, 3):
                 calls["n"] = 0
-                patched, _, _ = train_apple(net, spec.site, split["train"], split["val"], groups,
-                                            AppleConfig(epochs=epochs, cache=cache, **FAST), quiet=True)
-                patched.remove()
+                res = train_apple(net, spec.site, split["train"], split["val"], groups,
+                                  AppleConfig(epochs=epochs, cache=cache, **FAST), quiet=True)
+                res.patched.remove()
                 counts[cache, epochs] = calls["n"]
     finally:
         handle.remove()
@@ -180,7 +186,7 @@ def test_gamma_pulls_the_groups_pooled_statistics_together(apple_setup):
     ends = {}
     for gamma in (0.0, 100.0):
         cfg = AppleConfig(epochs=4, objective="none", gamma=gamma, d_warmup=0, selection="last", lr_g=1e-2, **FAST)
-        patched, history, _ = train_apple(net, spec.site, split["train"], split["val"], groups, cfg, quiet=True)
-        patched.remove()
-        ends[gamma] = history[-1]["mean_gap"]
+        res = train_apple(net, spec.site, split["train"], split["val"], groups, cfg, quiet=True)
+        res.patched.remove()
+        ends[gamma] = res.history[-1]["mean_gap"]
     assert ends[100.0] < 0.5 * ends[0.0], ends

@@ -1,4 +1,4 @@
-"""score_and_capture: softmax heads are scored per class, and site latents are pooled per sample."""
+"""score: softmax heads are scored per class, and site latents are pooled per sample."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from applefair.data.groups import GroupSpec
-from applefair.metrics.evaluate import score_and_capture
+from applefair.metrics.evaluate import score
 
 
 class _LabelData(torch.utils.data.Dataset):
@@ -41,8 +41,10 @@ class _Oracle(nn.Module):
 
 def test_softmax_head_scored_per_class_and_latents_captured():
     groups = GroupSpec("g", ["A", "B"])
-    frame, latents = score_and_capture(_Oracle(), _LabelData(), groups, metrics=("dice", "hd95"),
-                                       sites=["encoder"], class_names=["disc", "cup"])
+    model = _Oracle()
+    scored = score(model, _LabelData(), groups, metrics=("dice", "hd95"), capture={"encoder": model.encoder},
+                   class_names=["disc", "cup"])
+    frame, latents = scored.per_sample, scored.latents
     assert list(frame["id"]) == ["a", "b", "c", "d"]
     assert list(frame["group"]) == ["A", "B", "A", "unknown"]
     assert {"dice", "dice_disc", "dice_cup", "hd95_disc", "hd95_cup"} <= set(frame.columns)

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from applefair.metrics.fairness import Aggregator, fairness_summary
-from applefair.metrics.frame import GroupMetricFrame
+from applefair.metrics.frame import MetricFrame
 
 
 def _hand_table() -> pd.DataFrame:
@@ -147,7 +147,7 @@ def test_bootstrap_ci_coverage_on_a_known_population():
 
 def test_group_metric_frame():
     frame = _hand_table()
-    mf = GroupMetricFrame(frame, ["F", "M", "X"], ["dice"], bootstrap=100)
+    mf = MetricFrame(frame, ["F", "M", "X"], ["dice"], bootstrap=100)
     assert list(mf.by_group.index) == ["F", "M", "X"]
     assert mf.by_group.loc["X", "dice"] == pytest.approx(1.0)
     assert mf.difference()["dice"] == pytest.approx(0.3)

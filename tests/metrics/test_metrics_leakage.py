@@ -62,3 +62,19 @@ def test_pool_latent_shapes():
     assert pool_latent(torch.randn(4, 8, 5, 3)).shape == (4, 16)
     assert pool_latent(torch.randn(4, 10, 8)).shape == (4, 16)  # tokens (B, N, C)
     assert pool_latent(torch.randn(4, 8)).shape == (4, 8)
+
+
+def test_pool_mean_and_std():
+    f = torch.arange(8.0).reshape(1, 2, 2, 2)
+    p = pool_latent(f)
+    assert torch.allclose(p, torch.tensor([[1.5, 5.5, f[0, 0].std(unbiased=False), f[0, 1].std(unbiased=False)]]))
+    assert torch.allclose(pool_latent(f.flatten(2).transpose(1, 2)), p)  # tokens give the same statistics
+
+
+def test_pool_keeps_a_fixed_width_for_the_discriminator():
+    """A (B, C) latent has no positions: as is for the probes, with a zero std for D_p's fixed input width."""
+    f = torch.randn(3, 4)
+    assert torch.equal(pool_latent(f), f)
+    assert torch.equal(pool_latent(f, fixed_width=True), torch.cat([f, torch.zeros_like(f)], 1))
+    assert torch.equal(pool_latent(f, "mean", fixed_width=True), f)
+    assert pool_latent(torch.randn(3, 4, 5, 5), "mean").shape == (3, 4)

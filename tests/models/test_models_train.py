@@ -37,7 +37,7 @@ def test_augment_and_optimizer_names_are_checked():
         parse_augment("hflip,mixup")
     params = [torch.nn.Parameter(torch.zeros(2))]
     assert isinstance(make_optimizer(params, TrainConfig(optimizer="sgd", lr=0.01)), torch.optim.SGD)
-    with pytest.raises(InputError, match="optimizer 'lamb'"):
+    with pytest.raises(InputError, match="key 'optimizer'.*'lamb'"):
         make_optimizer(params, TrainConfig(optimizer="lamb"))
     with pytest.raises(InputError, match="no trainable parameters"):
         make_optimizer([], TrainConfig())

@@ -33,7 +33,7 @@ import sys, time, warnings
 warnings.simplefilter("ignore")
 import torch
 torch.set_num_threads(1)
-import applefair.workflows.compare.cells as compare
+import applefair.engine.runfolder as compare
 
 write = compare.write_json
 seen = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from applefair.engine.distributed import rank_resumable
 from applefair.engine.io import resumable_dir, resume_stage
 from applefair.errors import InputError
 
@@ -73,7 +74,26 @@ def test_other_ranks_resume_from_a_private_copy(tmp_path, monkeypatch):
     _fail_after(out, write_marker=True)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
-    with resumable_dir(out, MARK, resume=True) as (stage, resuming):
+    with rank_resumable(out, MARK, resume=True) as (stage, resuming):
         assert resuming and stage != resume_stage(out) and (stage / MARK).read_text() == "state"
         (stage / MARK).write_text("rank 1")
     assert (resume_stage(out) / MARK).read_text() == "state" and not out.exists()
+
+
+def test_staging_asks_no_rank_and_the_use_case_gives_other_ranks_a_scratch_folder(tmp_path, monkeypatch):
+    """`io.staged_dir` publishes whatever the rank; `distributed.rank_stage` is how a use case keeps rank > 0 out."""
+    from applefair.engine.distributed import rank_stage
+    from applefair.engine.io import staged_dir
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    with rank_stage(tmp_path / "ranked") as stage:
+        (stage / "a.txt").write_text("rank 1")
+    assert not (tmp_path / "ranked").exists() and not stage.exists()
+    with staged_dir(tmp_path / "plain") as stage:
+        (stage / "a.txt").write_text("published")
+    assert (tmp_path / "plain" / "a.txt").read_text() == "published"
+    monkeypatch.setenv("RANK", "0")
+    with rank_stage(tmp_path / "main") as stage:
+        (stage / "a.txt").write_text("rank 0")
+    assert (tmp_path / "main" / "a.txt").read_text() == "rank 0"

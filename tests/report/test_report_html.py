@@ -57,7 +57,7 @@ def test_data_summary_counts_splits_and_groups(tiny_run_report):
 
 
 def test_summary_sentences_follow_the_numbers():
-    from applefair.report.runfolder import Evaluation, RunData
+    from applefair.report.rundata import Evaluation, RunData
     from applefair.report.summary import summarize
 
     def metrics(f, m, overall):
@@ -127,7 +127,7 @@ def test_comparison_tradeoff_and_pareto(tmp_path):
 
 
 def test_comparison_needs_method_and_dice(tmp_path):
-    from applefair.report.runfolder import read_comparison
+    from applefair.report.rundata import read_comparison
 
     (tmp_path / "r.csv").write_text("name,dice\na,0.5\n")
     with pytest.raises(InputError, match="method"):
@@ -172,7 +172,7 @@ def test_leakage_table_reads_evaluate_keys():
 
 
 def test_mitigate_layout_pairs_deployed_with_top_level(tmp_path, tiny_run):
-    from applefair.report.runfolder import config_path, load_run
+    from applefair.report.rundata import config_path, load_run
 
     for sub in ("deployed", "val"):
         (tmp_path / sub).mkdir()

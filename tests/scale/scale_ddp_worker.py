@@ -79,10 +79,10 @@ def apple(manifest: str) -> dict[str, torch.Tensor]:
     train, val, groups = _data(manifest)
     torch.manual_seed(0)
     net, spec = create_segmentor("unet", tiny=True)
-    patched, _, _ = train_apple(net, spec.site, train, val, groups,
-                                AppleConfig(epochs=2, batch_size=8, width=8, seed=0, selection="last",
-                                            d_dropout=0.0),  # dropout draws per-rank random masks
-                                quiet=True)
+    patched = train_apple(net, spec.site, train, val, groups,
+                          AppleConfig(epochs=2, batch_size=8, width=8, seed=0, selection="last",
+                                      d_dropout=0.0),  # dropout draws per-rank random masks
+                          quiet=True).patched
     return {**patched.perturbers.state_dict(), "logits": _logits(patched, val)}
 
 
@@ -108,9 +108,9 @@ def apple_sharded(manifest: str) -> dict[str, torch.Tensor]:
         train, val, groups = _data(manifest)
         torch.manual_seed(0)
         net, spec = create_segmentor("unet", tiny=True)
-        patched, _, _ = train_apple(net, spec.site, train, val, groups,
-                                    AppleConfig(epochs=2, batch_size=8, width=8, seed=0, selection="last",
-                                                d_dropout=0.0, cache="memory", cache_shards=2), quiet=True)
+        patched = train_apple(net, spec.site, train, val, groups,
+                              AppleConfig(epochs=2, batch_size=8, width=8, seed=0, selection="last",
+                                          d_dropout=0.0, cache="memory", cache_shards=2), quiet=True).patched
     finally:
         LatentCache.build = classmethod(original)
     return {**patched.perturbers.state_dict(), "logits": _logits(patched, val)}

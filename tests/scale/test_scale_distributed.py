@@ -14,6 +14,7 @@ from safetensors import safe_open
 from torch import nn
 
 from applefair.engine import distributed
+from applefair.engine.device import resolve_device
 from applefair.errors import InputError
 
 WORKER = Path(__file__).with_name("scale_ddp_worker.py")
@@ -97,7 +98,7 @@ def test_only_rank_zero_writes_into_the_run_folder(tmp_path, monkeypatch):
 
 
 def test_resolve_device_on_cpu():
-    assert distributed.resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
 
 
 def test_global_batch_must_split_over_processes():

@@ -7,13 +7,14 @@ import torch
 from torch import nn
 
 from applefair.engine import device as speed
+from applefair.engine.precision import Precision
 from applefair.errors import InputError
 
 CPU = torch.device("cpu")
 
 
 def test_auto_precision_is_fp32_on_cpu_and_autocast_is_a_no_op():
-    amp = speed.Precision.resolve("auto", CPU)
+    amp = Precision.resolve("auto", CPU)
     assert amp.name == "fp32" and amp.scaler is None
     lin = nn.Linear(4, 2)
     with amp.autocast():
@@ -22,7 +23,7 @@ def test_auto_precision_is_fp32_on_cpu_and_autocast_is_a_no_op():
 
 
 def test_bf16_autocast_runs_on_cpu():
-    amp = speed.Precision.resolve("bf16", CPU)
+    amp = Precision.resolve("bf16", CPU)
     conv = nn.Conv2d(1, 2, 3, padding=1)
     with amp.autocast():
         y = conv(torch.randn(2, 1, 8, 8))
@@ -32,12 +33,12 @@ def test_bf16_autocast_runs_on_cpu():
 @pytest.mark.parametrize("bad", ["fp8", "half"])
 def test_unknown_precision_is_an_input_error(bad):
     with pytest.raises(InputError, match="precision"):
-        speed.Precision.resolve(bad, CPU)
+        Precision.resolve(bad, CPU)
 
 
 def test_fp16_needs_cuda():
     with pytest.raises(InputError, match="fp16"):
-        speed.Precision.resolve("fp16", CPU)
+        Precision.resolve("fp16", CPU)
 
 
 def test_backward_step_updates_and_clips():
@@ -46,7 +47,7 @@ def test_backward_step_updates_and_clips():
     before = lin.weight.detach().clone()
     opt = torch.optim.SGD(lin.parameters(), lr=1.0)
     loss = (lin(torch.randn(8, 4)) * 1e4).pow(2).mean()
-    speed.Precision.resolve("fp32", CPU).backward_step(loss, opt, clip_norm=0.5)
+    Precision.resolve("fp32", CPU).backward_step(loss, opt, clip_norm=0.5)
     step = (lin.weight.detach() - before).norm()
     assert 0 < float(step) <= 0.5 + 1e-5
 

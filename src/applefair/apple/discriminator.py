@@ -14,18 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-POOLS = ("mean", "meanstd")
-
-
-def pool(f: torch.Tensor, how: str = "meanstd") -> torch.Tensor:
-    """(B, C, H, W) or tokens (B, N, C) or (B, C) -> (B, C) or (B, 2C) pooled statistics."""
-    if f.dim() == 2:
-        return f if how == "mean" else torch.cat([f, torch.zeros_like(f)], 1)
-    flat = f.transpose(1, 2) if f.dim() == 3 else f.flatten(2)  # (B, C, positions)
-    mu = flat.mean(-1)
-    if how == "mean":
-        return mu
-    return torch.cat([mu, flat.std(-1, unbiased=False)], 1)
+from applefair.metrics.leakage import POOLS, pool_latent
 
 
 class Discriminator(nn.Module):
@@ -53,4 +42,4 @@ class Discriminator(nn.Module):
 
     def forward(self, latents: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
         fs = [latents] if torch.is_tensor(latents) else list(latents)
-        return self.mlp(torch.cat([pool(f, self.pooling) for f in fs], 1))
+        return self.mlp(torch.cat([pool_latent(f, self.pooling, fixed_width=True) for f in fs], 1))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -36,7 +37,6 @@ class PatchedSegmentor(nn.Module):
         self.perturbers = nn.ModuleDict({_key(s): p for s, p in perturbers.items()})
         self.latents: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.enabled = True
-        self.on_latents = None  # optional callback(latents) after each forward (e.g. to collect probe features)
         taken = [s for s in self.sites if getattr(find_module(net, s), "_applefair_patched", False)]
         if taken:  # two live patches on one site would silently stack their perturbations
             raise InputError(f"site(s) {', '.join(taken)} already carry a fairness patch; call .remove() on the "
@@ -59,15 +59,22 @@ class PatchedSegmentor(nn.Module):
 
     def forward(self, *args, **kwargs):
         self.latents = {}
-        out = self.net(*args, **kwargs)
-        if self.on_latents is not None:
-            self.on_latents(self.latents)
-        return out
+        return self.net(*args, **kwargs)
 
     def train(self, mode: bool = True) -> PatchedSegmentor:
         super().train(mode)
         self.net.eval()
         return self
+
+    @contextmanager
+    def disabled(self) -> Iterator[PatchedSegmentor]:
+        """Inside, the perturbers are switched off: the model computes exactly the deployed model's output."""
+        was = self.enabled
+        self.enabled = False
+        try:
+            yield self
+        finally:
+            self.enabled = was
 
     def perturber_specs(self) -> dict[str, dict]:
         """Each site's perturber spec (kind, channels, width, ...): what rebuilds it from a patch."""

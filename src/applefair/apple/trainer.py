@@ -5,6 +5,9 @@ latent cache when it can), D_p takes `n_d` steps on sg(f_p), then G_p takes one 
 L_seg + adversarial term. After each epoch: validation Dice / ES-Dice, a *fresh* logistic
 probe's AUC on the validation latents (the judge of leakage, not D_p's own accuracy),
 selection, early stopping and an atomic checkpoint (so `resume` continues bit-for-bit).
+
+The frozen segmentor's weights are never given to an optimiser and its BatchNorm layers stay in
+eval mode; the use cases prove it with a hash of its state dict before and after.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import copy
 import logging
 import math
 import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +29,7 @@ from torch.utils.data import DataLoader
 from applefair.apple.cache import LatentCache
 from applefair.apple.checkpoint import load_checkpoint, save_checkpoint
 from applefair.apple.config import AppleConfig
-from applefair.apple.discriminator import Discriminator, pool
+from applefair.apple.discriminator import Discriminator
 from applefair.apple.losses import (
     SegLoss,
     adversarial_term,
@@ -41,48 +46,55 @@ from applefair.data.augment import augment_batch
 from applefair.data.groups import GroupSpec
 from applefair.data.manifest import SegmentationDataset
 from applefair.engine import distributed
-from applefair.engine.device import Precision, module_device, supports_bf16, to_device
-from applefair.engine.io import state_dict_hash
+from applefair.engine.device import module_device, to_device
+from applefair.engine.precision import Precision, game_precision
 from applefair.engine.progress import progress_bar
+from applefair.engine.runfolder import CHECKPOINT, LATENT_CACHE
 from applefair.engine.seeding import seed_everything
 from applefair.errors import InputError
-from applefair.metrics.evaluate import predict_scores
-from applefair.metrics.fairness import fairness_summary
-from applefair.metrics.leakage import probe_auc
+from applefair.metrics.evaluate import score
+from applefair.metrics.frame import MetricFrame
+from applefair.metrics.leakage import pool_latent
 from applefair.models.forward import segment
+from applefair.models.sites import site_modules
+from applefair.training.selection import selection_score, within_tolerance
 
 log = logging.getLogger("applefair")
-CHECKPOINT = "checkpoint.safetensors"
 
-__all__ = ["AppleConfig", "evaluate_patched", "train_apple"]
-
-
-def _selection_score(summary: dict) -> float:
-    return summary["fairness"].get("es_dice_sum", summary["overall"]["dice"])
+__all__ = ["AppleConfig", "AppleResult", "train_apple", "validate"]
 
 
-def evaluate_patched(patched: PatchedSegmentor, dataset: SegmentationDataset, groups: GroupSpec,
-                     seed: int = 0, cache: LatentCache | None = None) -> tuple[dict, float, object]:
-    """(fairness summary, fresh-probe AUC on the perturbed latents, per-sample scores) on `dataset`.
+@dataclass
+class AppleResult:
+    """What `train_apple` returns: the patched model at the selected epoch and how it was chosen."""
 
-    The probe reads the pooled mean/std of f_p at every perturbed site, concatenated. `cache`
-    (built on `dataset`) replays the frozen encoder, so validating each epoch costs only the decoder."""
-    feats: dict[str, list[torch.Tensor]] = {s: [] for s in patched.sites}
+    patched: PatchedSegmentor  # epoch 0 (selected when nothing qualified) is the unchanged model
+    history: list[dict]  # one row per epoch, epoch 0 included
+    selected_epoch: int
+    sites: list[str]
+    stopped_early: bool = False
+    base_val_dice: float = math.nan  # the deployed model's validation Dice (the tolerance's reference)
+    cache: list[str] = field(default_factory=list)  # modules whose outputs were cached
+    perturber: dict[str, dict] = field(default_factory=dict)  # each site's perturber spec
 
-    def collect(lat: dict) -> None:
-        for s in patched.sites:
-            feats[s].append(pool(lat[s][1].detach()).float().cpu())
+    def summary(self) -> dict:
+        """The fields a run folder records beside the frozen-weights check."""
+        return {"selected_epoch": self.selected_epoch, "sites": self.sites, "stopped_early": self.stopped_early,
+                "base_val_dice": self.base_val_dice, "cache": self.cache, "perturber": self.perturber}
 
-    patched.on_latents = collect
-    try:
-        around = (lambda batch: cache.replay(batch["index"])) if cache is not None else None
-        scores = predict_scores(patched, dataset, groups, around=around)
-    finally:
-        patched.on_latents = None
-    summary = fairness_summary(scores, groups.attribute, groups.groups)
-    x = torch.cat([torch.cat(feats[s]) for s in patched.sites], 1).numpy()
-    auc = probe_auc(x, np.asarray(dataset.group_ids), seed=seed)
-    return summary, auc, scores
+
+def validate(patched: PatchedSegmentor, dataset: SegmentationDataset, groups: GroupSpec, seed: int = 0,
+             cache: LatentCache | None = None) -> tuple[MetricFrame, float]:
+    """(per-group metrics, fresh-probe AUC on f_p at every perturbed site, concatenated) on `dataset`.
+
+    `cache` (built on `dataset`) replays the frozen encoder, so validating each epoch costs only the decoder."""
+    scored = score(patched, dataset, groups, capture=site_modules(patched, patched.sites),
+                   replay=(lambda batch: cache.replay(batch["index"])) if cache is not None else None)
+    return scored.frame(), scored.probe_auc(seed=seed)
+
+
+def _row(frame: MetricFrame, auc: float) -> dict:
+    return {"val_dice": frame.dice, "val_es_dice": selection_score(frame), "val_gap": frame.gap(), "probe_auc": auc}
 
 
 def _example_batch(dataset: SegmentationDataset, n: int = 2) -> dict:
@@ -108,15 +120,13 @@ def _build(net: nn.Module, sites: list[str], train: SegmentationDataset, groups:
 def _build_cache(patched: PatchedSegmentor, sites: list[str], dataset: SegmentationDataset, cfg: AppleConfig,
                  folder: Path | None, indices: list[int] | None) -> LatentCache | None:
     """The frozen encoder's outputs on `dataset` (None where nothing can be cached and cache is 'auto')."""
-    patched.enabled = False
     try:
-        return LatentCache.build(patched.net, sites, dataset, folder=folder, indices=indices)
+        with patched.disabled():
+            return LatentCache.build(patched.net, sites, dataset, folder=folder, indices=indices)
     except ValueError:
         if cfg.cache != "auto":
             raise
         return None
-    finally:
-        patched.enabled = True
 
 
 def _clip(params, max_norm: float) -> None:
@@ -124,49 +134,65 @@ def _clip(params, max_norm: float) -> None:
         torch.nn.utils.clip_grad_norm_(list(params), max_norm)
 
 
+@dataclass
+class _Game:
+    """The players and what they play with, built once per run (one object instead of a dozen arguments)."""
+
+    patched: PatchedSegmentor
+    disc: nn.Module  # D_p (in DistributedDataParallel under torchrun)
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    seg_loss: SegLoss
+    freq: torch.Tensor  # the training split's group frequencies (group-balanced L_seg)
+    gen: torch.Generator  # data order and flips
+    loader: DataLoader
+    cache: LatentCache | None
+    amp: Precision
+    sites: list[str]
+    cfg: AppleConfig
+
+
 def train_apple(net: nn.Module, default_site: str, train: SegmentationDataset, val: SegmentationDataset,
                 groups: GroupSpec, cfg: AppleConfig, quiet: bool = False, head: str = "sigmoid",
-                run_dir: str | os.PathLike | None = None, resume: bool = False
-                ) -> tuple[PatchedSegmentor, list[dict], dict]:
-    """Fit perturber(s) and a discriminator; the segmentor's weights never change.
+                run_dir: str | os.PathLike | None = None, resume: bool = False,
+                on_epoch: Callable[[dict], None] | None = None) -> AppleResult:
+    """Fit perturber(s) and a discriminator on the frozen `net`.
 
-    Returns the patched model (selected epoch; epoch 0 is the unchanged model), the per-epoch
-    history, and a check dict (hash of the frozen weights before/after, selected epoch, ...).
-    Everything runs on the device `net` lives on (move it there first).
-    With `run_dir`, a checkpoint is written there after every epoch; `resume` continues from it.
+    Everything runs on the device `net` lives on (move it there first). With `run_dir`, a checkpoint
+    is written there after every epoch; `resume` continues from it. `on_epoch(row)` is called after
+    each epoch's validation with its history row (progress, timing).
     """
     gen = seed_everything(cfg.seed)
     sites = list(cfg.sites or [default_site])
-    hash_before = state_dict_hash(net)
     patched, disc = _build(net, sites, train, groups, cfg)
     # under torchrun: DDP on each perturber (they run inside the frozen net's hooks) and on D_p;
     # with one process both calls return the modules unchanged
     distributed.wrap_children(patched.perturbers)
-    disc_step = distributed.wrap(disc)
-    amp = _precision(cfg.precision, module_device(net))
-    opt_g = torch.optim.Adam(patched.perturbers.parameters(), lr=cfg.lr_g)
-    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr_d, betas=(0.5, 0.999))
-    seg_loss = SegLoss(head)
+    dev = module_device(net)
     known = train.group_ids[train.group_ids >= 0]
-    freq = torch.tensor(np.bincount(known, minlength=groups.num_groups) / max(len(known), 1), dtype=torch.float32,
-                        device=module_device(net))
-    loader = distributed.make_loader(train, cfg.batch_size, shuffle=True, generator=gen,
-                                     drop_last=len(train) > cfg.batch_size, shards=cfg.cache_shards)
-
-    cache = val_cache = None
+    game = _Game(patched=patched, disc=distributed.wrap(disc),
+                 opt_g=torch.optim.Adam(patched.perturbers.parameters(), lr=cfg.lr_g),
+                 opt_d=torch.optim.Adam(disc.parameters(), lr=cfg.lr_d, betas=(0.5, 0.999)),
+                 seg_loss=SegLoss(head), gen=gen,
+                 freq=torch.tensor(np.bincount(known, minlength=groups.num_groups) / max(len(known), 1),
+                                   dtype=torch.float32, device=dev),
+                 loader=distributed.make_loader(train, cfg.batch_size, shuffle=True, generator=gen,
+                                                drop_last=len(train) > cfg.batch_size, shards=cfg.cache_shards),
+                 cache=None, amp=game_precision(cfg.precision, dev), sites=sites, cfg=cfg)
+    val_cache = None
     if cfg.cache != "off" and not cfg.augment:
-        folder = Path(run_dir) / "latent_cache" if (cfg.cache == "disk" and run_dir) else None
+        folder = Path(run_dir) / LATENT_CACHE if (cfg.cache == "disk" and run_dir) else None
         # sharded: this rank's training samples only; every rank validates on the whole val split
-        cache = _build_cache(patched, sites, train, cfg, folder,
-                             distributed.shard_indices(len(train)) if cfg.cache_shards else None)
-        if cache is not None:
+        game.cache = _build_cache(patched, sites, train, cfg, folder,
+                                  distributed.shard_indices(len(train)) if cfg.cache_shards else None)
+        if game.cache is not None:
             val_cache = _build_cache(patched, sites, val, cfg, folder / "val" if folder else None, None)
-            log.info("latent cache: %s (%.1f MB train, %.1f MB val)", cache.names, cache.nbytes() / 2**20,
-                     val_cache.nbytes() / 2**20 if val_cache else 0.0)
+            log.info("latent cache: %s (%.1f MB train, %.1f MB val)", game.cache.names,
+                     game.cache.nbytes() / 2**20, val_cache.nbytes() / 2**20 if val_cache else 0.0)
 
     ckpt = Path(run_dir) / CHECKPOINT if run_dir else None
     modules = {"perturbers": patched.perturbers, "disc": disc}
-    optims = {"g": opt_g, "d": opt_d}
+    optims = {"g": game.opt_g, "d": game.opt_d}
     if resume and ckpt is not None and ckpt.is_file():
         meta, states = load_checkpoint(ckpt, modules=modules, optimizers=optims, generator=gen)
         if meta["config"] != cfg.to_dict():
@@ -176,14 +202,11 @@ def train_apple(net: nn.Module, default_site: str, train: SegmentationDataset, v
         best_state = states.get("best", {})
         log.info("resuming APPLE after epoch %d", state["epoch"])
     else:
-        base, base_auc, _ = evaluate_patched(patched, val, groups, cfg.seed, val_cache)
-        state = {"epoch": 0, "best_epoch": 0, "best_score": _selection_score(base), "since_best": 0,
-                 "stopped": False, "base_dice": base["overall"]["dice"],
-                 "history": [{"epoch": 0, "val_dice": base["overall"]["dice"], "val_es_dice": _selection_score(base),
-                              "val_gap": base["fairness"].get("dice_delta", float("nan")), "probe_auc": base_auc}],
+        base, base_auc = validate(patched, val, groups, cfg.seed, val_cache)
+        state = {"epoch": 0, "best_epoch": 0, "best_score": selection_score(base), "since_best": 0,
+                 "stopped": False, "base_dice": base.dice, "history": [{"epoch": 0, **_row(base, base_auc)}],
                  "config": cfg.to_dict()}
         best_state = copy.deepcopy(patched.perturbers.state_dict())
-    floor = state["base_dice"] - cfg.tolerance
 
     with progress_bar(quiet) as bar:
         task = bar.add_task("APPLE (perturber vs discriminator)", total=cfg.epochs, info="",
@@ -191,16 +214,15 @@ def train_apple(net: nn.Module, default_site: str, train: SegmentationDataset, v
         for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
             if state["stopped"]:
                 break
-            row = _epoch(epoch, patched, disc_step, loader, cache, seg_loss, opt_g, opt_d, freq, gen, cfg, sites, amp)
-            summary, auc, _ = evaluate_patched(patched, val, groups, cfg.seed, val_cache)
-            row.update(val_dice=summary["overall"]["dice"], val_es_dice=_selection_score(summary),
-                       val_gap=summary["fairness"].get("dice_delta", float("nan")), probe_auc=auc)
+            row = _epoch(epoch, game)
+            frame, auc = validate(patched, val, groups, cfg.seed, val_cache)
+            row.update(_row(frame, auc))
             state["history"].append(row)
             log.info("apple epoch %d %s", epoch, {k: round(v, 4) for k, v in row.items()})
             private = cfg.max_probe_auc >= 1.0 or auc <= cfg.max_probe_auc  # NaN (no probe): not private
-            feasible = row["val_dice"] >= floor and private and row["val_es_dice"] > state["best_score"]
-            improved = cfg.selection == "last" or feasible
-            if improved:
+            feasible = (within_tolerance(row["val_dice"], state["base_dice"], cfg.tolerance) and private
+                        and row["val_es_dice"] > state["best_score"])
+            if cfg.selection == "last" or feasible:
                 state.update(best_score=row["val_es_dice"], best_epoch=epoch, since_best=0)
                 best_state = copy.deepcopy(patched.perturbers.state_dict())
             elif epoch > cfg.d_warmup:
@@ -214,31 +236,21 @@ def train_apple(net: nn.Module, default_site: str, train: SegmentationDataset, v
                                 generator=gen, meta=state)
             bar.update(task, advance=1, info=f"L_seg {row['l_seg']:.3f} D acc {row['d_acc']:.2f} "
                                              f"probe AUC {auc:.2f} val ES-Dice {row['val_es_dice']:.3f}")
+            if on_epoch is not None:
+                on_epoch(row)
     patched.perturbers.load_state_dict(best_state)
     distributed.unwrap_children(patched.perturbers)
     patched.eval()
-    hash_after = state_dict_hash(patched.net)
-    check = {"hash_before": hash_before, "hash_after": hash_after, "unchanged": hash_before == hash_after,
-             "selected_epoch": state["best_epoch"], "sites": sites, "stopped_early": state["stopped"],
-             "base_val_dice": state["base_dice"], "cache": cache.names if cache else [],
-             "perturber": patched.perturber_specs()}
-    if not check["unchanged"]:
-        raise RuntimeError("the deployed segmentor's weights changed during APPLE training")
-    return patched, state["history"], check
+    return AppleResult(patched=patched, history=state["history"], selected_epoch=state["best_epoch"], sites=sites,
+                       stopped_early=state["stopped"], base_val_dice=state["base_dice"],
+                       cache=game.cache.names if game.cache else [], perturber=patched.perturber_specs())
 
 
-def _precision(name: str, dev: torch.device) -> Precision:
-    """bf16 autocast on GPUs that have it ('auto'), else fp32; never fp16, whose loss scaling would
-    have to be shared by two optimisers playing against each other."""
-    if name == "auto":
-        name = "bf16" if dev.type == "cuda" and supports_bf16(dev) else "fp32"
-    return Precision.resolve(name, dev)
-
-
-def _epoch(epoch: int, patched: PatchedSegmentor, disc: Discriminator, loader: DataLoader,
-           cache: LatentCache | None, seg_loss: SegLoss, opt_g, opt_d, freq: torch.Tensor,
-           gen: torch.Generator, cfg: AppleConfig, sites: list[str], amp: Precision) -> dict:
+def _epoch(epoch: int, game: _Game) -> dict:
     """One epoch of the game; returns the epoch's mean training statistics."""
+    g = game
+    patched, disc, cfg, sites, amp, freq = g.patched, g.disc, g.cfg, g.sites, g.amp, g.freq
+    opt_g, opt_d = g.opt_g, g.opt_d
     warm = epoch <= cfg.d_warmup
     factor = 0.5 * (1.0 + math.cos(math.pi * (epoch - 1) / cfg.epochs)) if cfg.cosine else 1.0
     for opt, lr in ((opt_g, cfg.lr_g), (opt_d, cfg.lr_d)):
@@ -249,14 +261,14 @@ def _epoch(epoch: int, patched: PatchedSegmentor, disc: Discriminator, loader: D
     sums = {"l_seg": 0.0, "l_d": 0.0, "d_acc": 0.0, "d_entropy": 0.0, "pert_norm": 0.0, "mean_gap": 0.0}
     seen = 0
     dev = freq.device
-    for batch in loader:
+    for batch in g.loader:
         if cfg.augment:  # on the CPU, where the generator lives
-            x, y = augment_batch(batch["image"], batch["mask"], gen)
+            x, y = augment_batch(batch["image"], batch["mask"], g.gen)
             batch = {**batch, "image": x, "mask": y}
         index = batch["index"]  # the cache is indexed on the CPU
         batch = to_device(batch, dev)
         a = batch["group"]
-        ctx = cache.replay(index) if cache is not None else contextlib.nullcontext()
+        ctx = g.cache.replay(index) if g.cache is not None else contextlib.nullcontext()
         with ctx, (torch.no_grad() if warm else contextlib.nullcontext()), amp.autocast():
             logits = segment(patched, batch).float()
         latents = [patched.latents[s][1] for s in sites]
@@ -270,7 +282,7 @@ def _epoch(epoch: int, patched: PatchedSegmentor, disc: Discriminator, loader: D
                 l_d.backward()
                 _clip(disc.parameters(), cfg.grad_clip)
                 opt_d.step()
-        per_sample = seg_loss(logits, batch["mask"])
+        per_sample = g.seg_loss(logits, batch["mask"])
         weights = balanced_weights(a, freq) if cfg.balanced_seg else torch.ones_like(per_sample)
         l_seg = (per_sample * weights).mean()
         pert = sum((fp.float() - fo.float()).pow(2).mean() for fo, fp in patched.latents.values()) / len(sites)
@@ -315,6 +327,7 @@ def _epoch(epoch: int, patched: PatchedSegmentor, disc: Discriminator, loader: D
 
 def _mean_gap(patched: PatchedSegmentor, sites: list[str], groups: torch.Tensor, num_groups: int) -> torch.Tensor:
     """The groups' distance in f_p's pooled statistics, in units of f_o's (see `group_mean_gap`)."""
-    stats = [(pool(patched.latents[s][1].float()), pool(patched.latents[s][0].float())) for s in sites]
+    stats = [(pool_latent(patched.latents[s][1].float(), fixed_width=True),
+              pool_latent(patched.latents[s][0].float(), fixed_width=True)) for s in sites]
     return group_mean_gap(torch.cat([p for p, _ in stats], 1), groups, num_groups,
                           reference=torch.cat([o for _, o in stats], 1))

@@ -9,6 +9,7 @@ samples of unknown group excluded from the CE.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
 import torch
@@ -42,7 +43,8 @@ class Adversarial(Method):
     defaults: dict = {"weight": 0.5, "grl_scale": 1.0, "hidden": 64}
 
     def fit(self, net: nn.Module, spec: ModelSpec, train: SegmentationDataset, val: SegmentationDataset,
-            groups: GroupSpec, budget: Budget, options: Mapping | None = None, quiet: bool = False) -> FitResult:
+            groups: GroupSpec, budget: Budget, options: Mapping | None = None, quiet: bool = False,
+            run_dir: str | os.PathLike | None = None, resume: bool = False) -> FitResult:
         opts = self.options(options)
         model = start_copy(net)
         dev = module_device(model)
@@ -72,7 +74,7 @@ class Adversarial(Method):
             handle.remove()
             distributed.unwrap(head_step)
         return FitResult(model=model, trainable_params=count_trainable(model), seconds=t.seconds,
-                         history=history, frozen=False, latent_module=site, selected_epoch=best,
+                         history=history, frozen=False, latent_sites=[spec.site], selected_epoch=best,
                          extra={"head_params": count_params(head.parameters())})
 
 

@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import copy
 import logging
+import os
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
 
 import torch
+from pydantic import ConfigDict, Field
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
@@ -35,44 +38,38 @@ from applefair.data.augment import augment_batch
 from applefair.data.groups import GroupSpec
 from applefair.data.manifest import SegmentationDataset
 from applefair.engine import distributed
+from applefair.engine.config import Settings, validate_settings
 from applefair.engine.device import module_device, to_device
 from applefair.engine.progress import progress_bar
 from applefair.engine.seeding import seed_everything
 from applefair.errors import InputError
-from applefair.metrics.evaluate import predict_scores
-from applefair.metrics.fairness import fairness_summary
+from applefair.metrics.evaluate import score
+from applefair.metrics.frame import MetricFrame
 from applefair.models.registry import ModelSpec
-from applefair.models.sites import find_module
+from applefair.training.selection import selection_score, within_tolerance
 
 log = logging.getLogger("applefair")
 
 
-@dataclass
-class Budget:
+class Budget(Settings):
     """What every method gets: the same epochs, batches, optimiser settings and selection rule."""
 
-    epochs: int = 10
-    batch_size: int = 16
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
+    label: ClassVar[str] = "budget"
+
+    epochs: int = Field(10, ge=0)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
     augment: bool = True
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     tolerance: float = 0.01  # selection: val Dice may fall at most this below the starting model's
-    optimizer: str = "adamw"  # adamw | sgd (momentum 0.9)
+    optimizer: Literal["adamw", "sgd"] = "adamw"  # sgd: momentum 0.9
 
     @classmethod
     def from_dict(cls, d: Mapping | None, where: str = "budget") -> Budget:
-        d = dict(d or {})
-        known = {f.name for f in fields(cls)}
-        bad = sorted(set(d) - known)
-        if bad:
-            raise InputError(f"{where}: unknown key(s) {', '.join(bad)} (expected: {', '.join(sorted(known))})")
-        out = cls(**d)
-        if out.epochs < 0 or out.batch_size < 1 or out.lr <= 0:
-            raise InputError(f"{where}: epochs must be >= 0, batch_size >= 1 and lr > 0 (got {d})")
-        if out.optimizer not in ("adamw", "sgd"):
-            raise InputError(f"{where}: optimizer='{out.optimizer}' (expected adamw or sgd)")
-        return out
+        """From a config mapping (compare's `budget:`); errors name the key."""
+        return validate_settings(dict(d or {}), cls, where)
 
 
 @dataclass
@@ -81,9 +78,10 @@ class FitResult:
 
     `trainable_params` counts the parameters of the returned model that training changed
     (discriminators or attribute heads used only during training are not counted); `frozen`
-    says whether the deployed weights inside the returned model are bit-identical to the
-    deployed model's; `latent_module` is the module whose output is the latent the decoder
-    sees (for the leakage probe), or None where that is not one tensor (subgroup models).
+    says whether the method keeps the deployed weights inside the returned model unchanged, and
+    `deployed` is that module (the use case proves it by hash); `latent_sites` are the sites (of
+    `model`, or of the segmentor it holds as `.net`) whose outputs the decoder receives, for the
+    leakage probes, or None where that is not one tensor (subgroup models). `extra` is JSON-able.
     """
 
     model: nn.Module
@@ -91,7 +89,8 @@ class FitResult:
     seconds: float
     history: list[dict] = field(default_factory=list)
     frozen: bool = False
-    latent_module: nn.Module | None = None
+    deployed: nn.Module | None = None
+    latent_sites: list[str] | None = None
     selected_epoch: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -114,21 +113,20 @@ class Method(ABC):
 
     @abstractmethod
     def fit(self, net: nn.Module, spec: ModelSpec, train: SegmentationDataset, val: SegmentationDataset,
-            groups: GroupSpec, budget: Budget, options: Mapping | None = None, quiet: bool = False) -> FitResult:
-        """Mitigate `net` (left unchanged) and return the model to deploy instead."""
+            groups: GroupSpec, budget: Budget, options: Mapping | None = None, quiet: bool = False,
+            run_dir: str | os.PathLike | None = None, resume: bool = False) -> FitResult:
+        """Mitigate `net` (left unchanged) and return the model to deploy instead.
+
+        `run_dir`: where a method that checkpoints (APPLE) writes its state after every epoch;
+        `resume`: continue from it. Methods that do not checkpoint ignore both."""
 
 
 def count_params(params: Iterable[nn.Parameter]) -> int:
     return int(sum(p.numel() for p in params))
 
 
-def selection_score(summary: dict) -> float:
-    """ES-Dice (sum form) where group metrics exist, else overall Dice (e.g. a one-group subset)."""
-    return float(summary["fairness"].get("es_dice_sum", summary["overall"]["dice"]))
-
-
-def validate(model: nn.Module, val: SegmentationDataset, groups: GroupSpec) -> dict:
-    return fairness_summary(predict_scores(model, val, groups), groups.attribute, groups.groups)
+def validate(model: nn.Module, val: SegmentationDataset, groups: GroupSpec) -> MetricFrame:
+    return score(model, val, groups).frame()
 
 
 def make_loader(data: SegmentationDataset, budget: Budget, gen: torch.Generator,
@@ -181,10 +179,9 @@ def _epochs(model: nn.Module, forward: nn.Module, trainable: nn.Module, loader: 
             train_modules: Iterable[nn.Module]) -> tuple[list[dict], int, dict]:
     train_modules = list(train_modules)
     start = validate(model, val, groups)
-    floor = start["overall"]["dice"] - budget.tolerance
     best_score, best_epoch = selection_score(start), 0
     best_state = copy.deepcopy(trainable.state_dict())
-    history = [{"epoch": 0, "val_dice": start["overall"]["dice"], "val_score": best_score}]
+    history = [{"epoch": 0, "val_dice": start.dice, "val_score": best_score}]
     with progress_bar(quiet or not distributed.is_main()) as bar:
         task = bar.add_task(label, total=budget.epochs, info="")
         for epoch in range(1, budget.epochs + 1):
@@ -204,12 +201,12 @@ def _epochs(model: nn.Module, forward: nn.Module, trainable: nn.Module, loader: 
                 total += float(loss.detach()) * len(batch["image"])
                 seen += len(batch["image"])
             total, seen = distributed.all_reduce_sum(total), distributed.all_reduce_sum(float(seen))
-            summary = validate(model, val, groups)
-            row = {"epoch": epoch, "loss": total / max(seen, 1), "val_dice": summary["overall"]["dice"],
-                   "val_score": selection_score(summary)}
+            frame = validate(model, val, groups)
+            row = {"epoch": epoch, "loss": total / max(seen, 1), "val_dice": frame.dice,
+                   "val_score": selection_score(frame)}
             history.append(row)
             log.info("%s epoch %d %s", label, epoch, {k: round(v, 4) for k, v in row.items()})
-            if row["val_dice"] >= floor and row["val_score"] > best_score:
+            if within_tolerance(row["val_dice"], start.dice, budget.tolerance) and row["val_score"] > best_score:
                 best_score, best_epoch = row["val_score"], epoch
                 best_state = copy.deepcopy(trainable.state_dict())
             bar.update(task, advance=1, info=f"loss {row['loss']:.3f} val Dice {row['val_dice']:.3f}")
@@ -267,4 +264,4 @@ def finetune_copy(net: nn.Module, spec: ModelSpec, train: SegmentationDataset, v
     with Timer() as t:
         history, best = finetune(model, model, train, val, groups, budget, step, label, quiet, sampler_fn=sampler_fn)
     return FitResult(model=model, trainable_params=count_trainable(model), seconds=t.seconds, history=history,
-                     frozen=False, latent_module=find_module(model, spec.site), selected_epoch=best)
+                     frozen=False, latent_sites=[spec.site], selected_epoch=best)

@@ -6,6 +6,7 @@ same selection rule, no group information in the loss.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
 from monai.losses import DiceCELoss
@@ -24,7 +25,8 @@ class ERM(Method):
     defaults: dict = {}
 
     def fit(self, net: nn.Module, spec: ModelSpec, train: SegmentationDataset, val: SegmentationDataset,
-            groups: GroupSpec, budget: Budget, options: Mapping | None = None, quiet: bool = False) -> FitResult:
+            groups: GroupSpec, budget: Budget, options: Mapping | None = None, quiet: bool = False,
+            run_dir: str | os.PathLike | None = None, resume: bool = False) -> FitResult:
         self.options(options)
         loss_fn = DiceCELoss(sigmoid=True)
         return finetune_copy(net, spec, train, val, groups, budget,

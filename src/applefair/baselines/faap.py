@@ -15,6 +15,7 @@ The deployed weights never change (checked by hash).
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Mapping
 
 import torch
@@ -30,7 +31,6 @@ from applefair.data.groups import GroupSpec
 from applefair.data.manifest import SegmentationDataset
 from applefair.engine import distributed
 from applefair.engine.device import module_device
-from applefair.engine.io import state_dict_hash
 from applefair.models.forward import segment
 from applefair.models.registry import ModelSpec
 from applefair.models.sites import find_module
@@ -66,9 +66,9 @@ class FAAP(Method):
     defaults: dict = {"alpha": 1.0, "beta": 1.0, "eps": 0.1, "width": 8, "lr_d": 1e-3, "hidden": 64}
 
     def fit(self, net: nn.Module, spec: ModelSpec, train: SegmentationDataset, val: SegmentationDataset,
-            groups: GroupSpec, budget: Budget, options: Mapping | None = None, quiet: bool = False) -> FitResult:
+            groups: GroupSpec, budget: Budget, options: Mapping | None = None, quiet: bool = False,
+            run_dir: str | os.PathLike | None = None, resume: bool = False) -> FitResult:
         opts = self.options(options)
-        deployed_hash = state_dict_hash(net)
         channels = train[0]["image"].shape[0]
         dev = module_device(net)
         model = InputPerturbedSegmentor(copy.deepcopy(net), Perturber(channels, width=int(opts["width"])).to(dev),
@@ -102,9 +102,6 @@ class FAAP(Method):
         finally:
             handle.remove()
             distributed.unwrap(disc_step)
-        frozen = state_dict_hash(model.net) == deployed_hash
-        if not frozen:
-            raise RuntimeError("faap: the deployed segmentor's weights changed during training")
         return FitResult(model=model.eval(), trainable_params=count_params(model.perturber.parameters()),
-                         seconds=t.seconds, history=history, frozen=True, latent_module=site,
+                         seconds=t.seconds, history=history, frozen=True, deployed=model.net, latent_sites=[spec.site],
                          selected_epoch=best, extra={"disc_params": count_params(disc.parameters())})

@@ -14,6 +14,7 @@ Samples of unknown group are left unscaled (w = 1).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
 import torch
@@ -71,7 +72,8 @@ class FEBS(Method):
     defaults: dict = {"gamma": 1.0, "ce_weight": 0.2, "dice_weight": 0.8}
 
     def fit(self, net: nn.Module, spec: ModelSpec, train: SegmentationDataset, val: SegmentationDataset,
-            groups: GroupSpec, budget: Budget, options: Mapping | None = None, quiet: bool = False) -> FitResult:
+            groups: GroupSpec, budget: Budget, options: Mapping | None = None, quiet: bool = False,
+            run_dir: str | os.PathLike | None = None, resume: bool = False) -> FitResult:
         opts = self.options(options)
 
         def step(batch: dict, fwd: nn.Module) -> torch.Tensor:

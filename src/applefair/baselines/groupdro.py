@@ -8,6 +8,7 @@ mean loss with weight (their share of the batch); they never enter q.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
 import torch
@@ -57,7 +58,8 @@ class GroupDRO(Method):
     defaults: dict = {"eta": 0.01}
 
     def fit(self, net: nn.Module, spec: ModelSpec, train: SegmentationDataset, val: SegmentationDataset,
-            groups: GroupSpec, budget: Budget, options: Mapping | None = None, quiet: bool = False) -> FitResult:
+            groups: GroupSpec, budget: Budget, options: Mapping | None = None, quiet: bool = False,
+            run_dir: str | os.PathLike | None = None, resume: bool = False) -> FitResult:
         opts = self.options(options)
         dro = GroupDROLoss(groups.num_groups, eta=opts["eta"])
         fit = finetune_copy(net, spec, train, val, groups, budget,

@@ -6,6 +6,7 @@ scaled so that samples of unknown group keep their share of the data). The loss 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
 import numpy as np
@@ -41,7 +42,8 @@ class Resampling(Method):
     defaults: dict = {}
 
     def fit(self, net: nn.Module, spec: ModelSpec, train: SegmentationDataset, val: SegmentationDataset,
-            groups: GroupSpec, budget: Budget, options: Mapping | None = None, quiet: bool = False) -> FitResult:
+            groups: GroupSpec, budget: Budget, options: Mapping | None = None, quiet: bool = False,
+            run_dir: str | os.PathLike | None = None, resume: bool = False) -> FitResult:
         self.options(options)
         loss_fn = DiceCELoss(sigmoid=True)
         weights = torch.as_tensor(balanced_weights(train.group_ids), dtype=torch.double)

@@ -10,6 +10,7 @@ do not, and ships K full models.
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Mapping
 
 import torch
@@ -64,7 +65,8 @@ class Subgroup(Method):
     defaults: dict = {}
 
     def fit(self, net: nn.Module, spec: ModelSpec, train: SegmentationDataset, val: SegmentationDataset,
-            groups: GroupSpec, budget: Budget, options: Mapping | None = None, quiet: bool = False) -> FitResult:
+            groups: GroupSpec, budget: Budget, options: Mapping | None = None, quiet: bool = False,
+            run_dir: str | os.PathLike | None = None, resume: bool = False) -> FitResult:
         self.options(options)
         loss_fn = DiceCELoss(sigmoid=True)
         experts, history, selected = [], [], {}
@@ -85,5 +87,5 @@ class Subgroup(Method):
             fallback = copy.deepcopy(net).eval()
             routed = GroupRoutedSegmentor(experts, fallback).eval()
         return FitResult(model=routed, trainable_params=sum(count_trainable(e) for e in experts),
-                         seconds=t.seconds, history=history, frozen=False, latent_module=None,
+                         seconds=t.seconds, history=history, frozen=False, latent_sites=None,
                          selected_epoch=max(selected.values(), default=0), extra={"selected_per_group": selected})

@@ -49,32 +49,17 @@ def bench(
     """
     import sys
 
-    from applefair.engine.device import resolve_device
-    from applefair.engine.io import write_json, write_text
-    from applefair.engine.progress import console
-    from applefair.errors import InputError
-    from applefair.workflows.bench import SECTIONS, BenchConfig, BenchSettings, run_bench
-    from applefair.workflows.bench.tables import markdown, tables
-
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: exists and is not a folder (expected an output folder for bench.json)")
     from applefair.engine.config import resolve_settings
+    from applefair.engine.device import resolve_device
+    from applefair.engine.progress import console
+    from applefair.workflows.bench import BenchSettings, run_bench
+    from applefair.workflows.bench.run import check_out, write_bench
+    from applefair.workflows.bench.tables import tables
 
     st = resolve_settings(BenchSettings, config, quick=quick, seed=seed, device=device,
                           only=_csv(only, "--only", str), dataset_sizes=_csv(sizes, "--sizes", int))
-    quick, seed = st.quick, st.seed
-    cfg = BenchConfig.quick(seed=seed) if quick else BenchConfig(seed=seed)
-    cfg.device = str(resolve_device(st.device))
-    if st.only:
-        bad = sorted(set(st.only) - set(SECTIONS))
-        if bad:
-            raise InputError(f"--only {','.join(st.only)}: unknown section(s) {', '.join(bad)} "
-                             f"(expected some of {', '.join(SECTIONS)})")
-        cfg.sections = tuple(st.only)
-    if st.dataset_sizes:
-        if min(st.dataset_sizes) < 2:
-            raise InputError(f"--sizes {st.dataset_sizes}: expected data-set sizes of at least 2 images")
-        cfg.dataset_sizes = tuple(st.dataset_sizes)
+    cfg = st.bench_config(str(resolve_device(st.device)))
+    check_out(out)
 
     def step(label: str) -> None:
         if not quiet:
@@ -82,10 +67,8 @@ def bench(
 
     result = run_bench(cfg, quiet=True, step=step)
     command = "applefair " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("applefair") \
-        else f"applefair bench{' --quick' if quick else ''} --out {out}"
-    result["command"] = command
-    write_json(out / "bench.json", result)
-    write_text(out / "bench.md", markdown(result, command))
+        else f"applefair bench{' --quick' if st.quick else ''} --out {out}"
+    write_bench(out, result, command)
     for title, header, rows in tables(result):
         table = Table(title=title, title_justify="left")
         for h in header:
@@ -93,7 +76,7 @@ def bench(
         for row in rows:
             table.add_row(*[str(c) for c in row])
         out_console.print(table)
-    out_console.print(f"bench.json and bench.md written to {out} ({result['seconds']} s)")
+    out_console.print(f"bench results written to {out} ({result['seconds']} s)")
 
 
 def register(app: typer.Typer) -> None:

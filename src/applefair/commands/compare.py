@@ -35,8 +35,7 @@ def compare(
 
     Example: applefair compare --config configs/smoke.yaml --out runs/smoke
     """
-    import logging
-
+    from applefair.engine.runfolder import RESULTS_MD
     from applefair.errors import InputError
     from applefair.workflows.compare.run import run_compare
     from applefair.workflows.compare.settings import load_compare_settings
@@ -47,23 +46,10 @@ def compare(
                 "seeds": _split(seeds, int)}
     except ValueError:
         raise InputError(f"--seeds: '{seeds}' (expected a comma list of integers)") from None
-    from applefair.engine.device import resolve_device
-
-    resolve_device(device)  # bad --device is bad input before anything is written
-    out.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(out / "compare.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    log = logging.getLogger("applefair")
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
-    try:
-        counts = run_compare(settings, root, out, only, time_limit, quiet, device=device, jobs=jobs)
-    finally:
-        log.removeHandler(handler)
-        handler.close()
+    counts = run_compare(settings, root, out, only, time_limit, quiet, device=device, jobs=jobs)
     out_console.print(f"cells run {counts['run']}, already done {counts['skipped']}, failed {counts['failed']}, "
                       f"left for later {counts['left']}")
-    out_console.print(f"Table: {out / 'results.md'}")
+    out_console.print(f"Table: {out / RESULTS_MD}")
 
 
 def register(app: typer.Typer) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
 from pathlib import Path
 
 import typer
@@ -30,31 +29,25 @@ def demo(
     Example: applefair demo --quick --out runs/demo-quick
     """
     from applefair.engine.config import resolve_settings
-    from applefair.engine.device import resolve_device
+    from applefair.engine.runfolder import REPORT_HTML, REPORT_MD
     from applefair.report.markdown import before_after_rows, verdict
-    from applefair.workflows.demo import DemoConfig, DemoSettings, run_demo
+    from applefair.workflows.demo import DemoSettings, run_demo
 
     settings = resolve_settings(DemoSettings, config, quick=quick, seed=seed, bias=bias, device=device)
-    resolved = str(resolve_device(settings.device))
-    names = {f.name for f in fields(DemoConfig)}
-    kw = {k: v for k, v in settings.model_dump().items() if k in names and v is not None}
-    if "channels" in kw:
-        kw["channels"] = tuple(kw["channels"])
-    kw["device"] = resolved
-    cfg = DemoConfig.quick(**kw) if settings.quick else DemoConfig(**kw)
-    result = run_demo(out, cfg, quiet=quiet)
-    table = Table(title=f"Before vs after APPLE (test split, attribute '{result['before']['attribute']}')")
+    result = run_demo(out, settings, quiet=quiet)
+    before, after = result.evaluation.before_frame.to_dict(), result.evaluation.frame.to_dict()
+    table = Table(title=f"Before vs after APPLE (test split, attribute '{before['attribute']}')")
     for col in ("metric", "before", "after", "change"):
         table.add_column(col, justify="left" if col == "metric" else "right")
-    for label, b, a in before_after_rows(result["before"], result["after"]):
+    for label, b, a in before_after_rows(before, after):
         table.add_row(label, f"{b:.4f}", f"{a:.4f}", f"{a - b:+.4f}")
     out_console.print(table)
-    out_console.print(verdict(result["before"], result["after"]))
-    chk = result["check"]
+    out_console.print(verdict(before, after))
+    chk = result.check
     out_console.print(f"Deployed weights unchanged: {'yes' if chk['unchanged'] else 'NO'} "
                       f"(sha256 {chk['hash_before'][:12]}…)")
-    report = out / "report.html"
-    out_console.print(f"Report: {report if report.exists() else out / 'report.md'}")
+    report = out / REPORT_HTML
+    out_console.print(f"Report: {report if report.exists() else out / REPORT_MD}")
 
 
 def register(app: typer.Typer) -> None:

@@ -4,40 +4,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Literal
 
 import typer
-from pydantic import Field
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from applefair.engine.config import Device, Settings
-
 out_console = Console()
-
-
-class EvaluateSettings(Settings):
-    """Settings of `applefair evaluate` (YAML keys for --config; command-line options override them)."""
-
-    data: str | None = None
-    model: str | None = None
-    patch: str | None = None
-    attribute: list[str] = Field(default_factory=list)
-    groups: str | None = None
-    split: Literal["train", "val", "test"] = "test"
-    format: str | None = None
-    options: dict[str, str] = Field(default_factory=dict)
-    size: int | None = Field(None, gt=0)
-    metrics: str = "dice,iou,hd95,nsd"
-    nsd_tolerance: float = Field(2.0, ge=0)
-    bootstrap: int = Field(1000, ge=0)
-    level: float = Field(0.95, gt=0, lt=1)
-    leakage: bool = True
-    folds: int = Field(5, ge=2)
-    seed: int = Field(0, ge=0)
-    batch_size: int = Field(32, ge=1)
-    device: Device = "auto"
 
 
 def evaluate(
@@ -81,23 +54,15 @@ def evaluate(
     """
     from applefair.data.formats import parse_options
     from applefair.engine.config import resolve_settings
-    from applefair.errors import InputError
-    from applefair.workflows.evaluate import EvalOptions, run_evaluation
+    from applefair.workflows.evaluate import EvaluateSettings, run_evaluation
 
     st = resolve_settings(EvaluateSettings, config, data=_str(data), model=_str(model), patch=_str(patch),
                           attribute=attribute or None, groups=groups, split=split, format=data_format or None,
                           size=size, metrics=metrics, nsd_tolerance=nsd_tolerance, bootstrap=bootstrap, level=level,
                           leakage=leakage, folds=folds, seed=seed, batch_size=batch_size, device=device)
-    for key in ("data", "model"):
-        if getattr(st, key) is None:
-            raise InputError(f"--{key} is required (on the command line or as '{key}' in --config)")
-    opts = EvalOptions(split=st.split, format=st.format, options={**st.options, **parse_options(option)},
-                       size=st.size, metrics=tuple(m.strip() for m in st.metrics.split(",") if m.strip()),
-                       nsd_tolerance=st.nsd_tolerance, bootstrap=st.bootstrap, level=st.level, leakage=st.leakage,
-                       folds=st.folds, seed=st.seed, batch_size=st.batch_size, device=st.device)
-    result = run_evaluation(Path(st.data), Path(st.model), out, patch=Path(st.patch) if st.patch else None,
-                            attributes=st.attribute, groups=st.groups, opts=opts, overwrite=overwrite, quiet=quiet)
-    for note in result["metrics"].get("warnings", []):
+    st.options = {**st.options, **parse_options(option)}
+    result = run_evaluation(st, out, overwrite=overwrite, quiet=quiet)
+    for note in result.warnings:
         out_console.print(f"[yellow]warning:[/yellow] {escape(note)}", highlight=False)
     _print_summary(result)
     out_console.print(f"Wrote {out}/metrics.json, per_sample.csv" + (", leakage.json" if st.leakage else "")
@@ -117,8 +82,9 @@ def _fmt(v, ci=None, digits: int = 4) -> str:
     return text
 
 
-def _print_summary(result: dict) -> None:
-    m = result["metrics"]
+def _print_summary(result) -> None:
+    m = result.metrics
+    paired = result.evaluation.paired
     ci = m.get("ci", {})
     level = f"{100 * ci['level']:.0f}% CI" if ci else "no CI"
     table = Table(title=f"Test metrics by group, attribute '{m['attribute']}' ({level})")
@@ -132,18 +98,18 @@ def _print_summary(result: dict) -> None:
     fair = Table(title="Fairness (Dice)")
     fair.add_column("metric")
     fair.add_column("value", justify="right")
-    if "paired" in result:
+    if paired is not None:
         fair.add_column("change vs deployed", justify="right")
     for key in ("dice_delta", "dice_worst", "dice_skewness", "dice_std", "es_dice_sum", "es_dice_std"):
         if key not in m["fairness"]:
             continue
         cells = [key, _fmt(m["fairness"][key], ci.get("fairness", {}).get(key))]
-        if "paired" in result:
-            p = result["paired"]["fairness"].get(key, {})
+        if paired is not None:
+            p = paired["fairness"].get(key, {})
             cells.append(_fmt(p.get("diff"), p.get("ci")) + (" *" if p.get("excludes_zero") else ""))
         fair.add_row(*cells)
     out_console.print(fair)
-    for site, v in (result.get("leakage") or {}).items():
+    for site, v in (result.evaluation.leakage or {}).items():
         text = f"Leakage at {site}: probe AUC (logistic) {_fmt(v.get('auc_before'), v.get('auc_before_ci'), 3)}"
         if "auc_after" in v:
             text += f" before -> {_fmt(v.get('auc_after'), v.get('auc_after_ci'), 3)} after"
@@ -161,7 +127,7 @@ def aggregate_seeds_cmd(
 
     Example: applefair aggregate-seeds runs/eval-s0 runs/eval-s1 runs/eval-s2 --out runs/seeds.json
     """
-    from applefair.workflows.evaluate import aggregate_runs
+    from applefair.workflows.aggregate import aggregate_runs
 
     result = aggregate_runs(runs, out)
     table = Table(title=f"Across {len(runs)} runs (mean ± std)")

@@ -43,53 +43,34 @@ def mitigate(
     """
     from applefair.apple.config import load_apple_config
     from applefair.data.groups import build_group_spec
-    from applefair.errors import InputError
+    from applefair.engine.runfolder import PATCH
     from applefair.workflows.mitigate import run_mitigation
 
-    cfg = load_apple_config(config)
-    if epochs is not None:
-        cfg.epochs = epochs
-    if seed is not None:
-        cfg.seed = seed
-    if site:
-        cfg.sites = list(site)
-    cfg.__post_init__()
-    options: dict = {}
-    if method != "apple" and config is not None:
-        import yaml
-
-        options = (yaml.safe_load(config.read_text(encoding="utf-8")) or {}).get("options", {})
-    if method != "apple" and resume:
-        raise InputError("--resume is only supported for --method apple")
+    cfg, options = load_apple_config(config)
+    cfg = cfg.replace(epochs=epochs, seed=seed, sites=list(site) if site else None)
     spec = build_group_spec(attribute, groups)
     result = run_mitigation(data, model, out, spec, cfg, method=method, method_options=options, resume=resume,
                             overwrite=overwrite, export=export, quiet=quiet, device=device)
-    _print(result, method)
-    out_console.print(f"Run folder: {out}" + (f"  patch: {out / 'patch.safetensors'}" if method == "apple" else ""))
+    _print(result)
+    out_console.print(f"Run folder: {out}" + (f"  patch: {out / PATCH}" if method == "apple" else ""))
 
 
-def _print(result: dict, method: str) -> None:
-    after = result["test"]["metrics"]
-    before = result.get("deployed", {}).get("metrics")
-    table = Table(title=f"Test split, attribute '{after['attribute']}' ({method})")
+def _print(result) -> None:
+    after, before = result.test.frame, result.test.before_frame
+    table = Table(title=f"Test split, attribute '{after.attribute}' ({result.method})")
     for col in ("metric", "deployed", "mitigated"):
         table.add_column(col, justify="left" if col == "metric" else "right")
-    rows = [("overall Dice", "overall", "dice")] + [(f"Dice {g}", "groups", g) for g in after["groups"]]
-    for label, where, key in rows:
-        a = after[where]["dice"] if where == "overall" else after[where][key]["dice"]
-        b = "" if before is None else (f"{before[where]['dice']:.4f}" if where == "overall"
-                                       else f"{before[where].get(key, {}).get('dice', float('nan')):.4f}")
-        table.add_row(label, b, f"{a:.4f}")
+    table.add_row("overall Dice", f"{before.dice:.4f}", f"{after.dice:.4f}")
+    for g in after.summary["groups"]:
+        table.add_row(f"Dice {g}", f"{before.group(g):.4f}", f"{after.group(g):.4f}")
     for key, label in (("dice_delta", "Dice gap"), ("es_dice_sum", "ES-Dice (sum)")):
-        if key in after["fairness"]:
-            b = "" if before is None else f"{before['fairness'].get(key, float('nan')):.4f}"
-            table.add_row(label, b, f"{after['fairness'][key]:.4f}")
-    if "probe_auc" in result["test"]:
-        table.add_row("probe AUC (latent)", f"{result['deployed']['probe_auc']:.3f}",
-                      f"{result['test']['probe_auc']:.3f}")
+        if key in after.fairness:
+            table.add_row(label, f"{before.fairness.get(key, float('nan')):.4f}", f"{after.fairness[key]:.4f}")
+    for site, v in (result.test.leakage or {}).items():
+        table.add_row(f"probe AUC at {site}", f"{v.get('auc_before', float('nan')):.3f}",
+                      f"{v.get('auc_after', float('nan')):.3f}")
     out_console.print(table)
-    chk = result["check"]
-    out_console.print(f"Deployed model unchanged: {'yes' if chk['unchanged'] else 'NO'}")
+    out_console.print(f"Deployed model unchanged: {'yes' if result.check['unchanged'] else 'NO'}")
 
 
 def register(app: typer.Typer) -> None:

@@ -63,16 +63,15 @@ def sites_cmd(
     import torch
 
     from applefair.engine.config import resolve_settings
-    from applefair.workflows.train import model_folder, parse_model_args
+    from applefair.workflows.train import parse_model_args
 
     st = resolve_settings(SitesSettings, config, tiny=tiny, size=size, all=show_all)
     tiny, size, show_all = st.tiny, st.size, st.all
-    from applefair.models.registry import create_segmentor, load_model_dir
+    from applefair.models.registry import create_segmentor, is_model_folder, load_model_dir
     from applefair.models.sites import list_sites
 
-    folder = model_folder(name)
-    if folder is not None:
-        net, spec = load_model_dir(folder)
+    if is_model_folder(name):
+        net, spec = load_model_dir(name)
     else:
         net, spec = create_segmentor(name, tiny=tiny, **{**st.args, **parse_model_args(arg)})
     example = torch.rand(1, 1, size, size)

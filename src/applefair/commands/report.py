@@ -32,6 +32,7 @@ def report(
 
     Example: applefair report runs/demo
     """
+    from applefair.engine import runfolder as rf
     from applefair.engine.config import resolve_settings
     from applefair.engine.logs import run_logging
     from applefair.errors import InputError
@@ -40,17 +41,15 @@ def report(
     settings = resolve_settings(ReportSettings, config, overlays=overlays)
     if not run_dir.is_dir():
         raise InputError(f"{run_dir}: run folder not found")
-    markers = ("config.yaml", "metrics.json", "*/metrics.json", "history.csv", "leakage.json", "results.csv",
-               "*/results.csv")
-    if not any(any(run_dir.glob(m)) for m in markers):
+    if not rf.is_run_folder(run_dir):
         raise InputError(f"{run_dir}: not an applefair run folder (expected config.yaml or metrics.json in it)")
     try:
-        with run_logging(run_dir, "report.log"):
+        with run_logging(run_dir, rf.REPORT_LOG):
             written = write_reports(run_dir, overlays=settings.overlays)
     except (PermissionError, IsADirectoryError) as exc:  # the user's folder, not a bug
         raise InputError(f"{exc.filename or run_dir}: cannot write the report ({exc.strerror})") from None
     if not quiet:
-        out_console.print(f"Report: {written['report.html']}  ({len(written)} files written)", highlight=False)
+        out_console.print(f"Report: {written[rf.REPORT_HTML]}  ({len(written)} files written)", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

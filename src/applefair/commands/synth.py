@@ -50,6 +50,7 @@ def synth(
     from applefair.engine.config import resolve_settings
     from applefair.engine.io import staged_dir
     from applefair.engine.progress import progress_bar
+    from applefair.engine.runfolder import MANIFEST
     from applefair.errors import InputError
 
     st = resolve_settings(SynthSettings, config, n=n, size=size, bias=bias, minority_share=minority_share,
@@ -65,7 +66,7 @@ def synth(
         task = bar.add_task(f"synth {kind} ({bias})", total=n, info="")
         generate(stage, n=n, size=size, bias=bias, minority_share=minority_share, strength=strength, seed=seed,
                  kind=kind, on_image=lambda i: bar.update(task, completed=i + 1))
-    out_console.print(f"Wrote {n} {kind} images ({bias} bias) to {out / 'manifest.csv'}")
+    out_console.print(f"Wrote {n} {kind} images ({bias} bias) to {out / MANIFEST}")
 
 
 def register(app: typer.Typer) -> None:

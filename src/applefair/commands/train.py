@@ -53,35 +53,20 @@ def train(
     """
     from applefair.data.formats import parse_options
     from applefair.engine.config import resolve_settings
-    from applefair.engine.device import resolve_device
-    from applefair.errors import InputError
     from applefair.workflows.train import TrainSettings, parse_model_args, run_train
 
     settings = resolve_settings(TrainSettings, config, data=data, format=data_format, size=size, attribute=attribute,
                                 tiny=tiny, checkpoint=checkpoint, epochs=epochs, batch_size=batch_size,
                                 lr=lr, optimizer=optimizer.strip().lower() if optimizer else None, augment=augment,
-                                seed=seed, device=device)
-    if model is not None:
-        settings.model = model
-    if not settings.model:
-        raise InputError("--model is required (a zoo name, see `applefair models list`)")
+                                seed=seed, device=device, model=model)
     settings.args = {**settings.args, **parse_model_args(arg)}
     settings.options = {**settings.options, **parse_options(option)}
-    if settings.epochs > 0 and settings.data is None:
-        raise InputError("--data is required to train (or give --epochs 0 with --checkpoint)")
-    if settings.epochs == 0 and settings.checkpoint is None:
-        raise InputError("--epochs 0 only imports weights: give --checkpoint FILE")
-    cfg = settings.train_config(str(resolve_device(settings.device)))
-    result = run_train(settings.data, settings.model, out, cfg, tiny=settings.tiny, model_args=settings.args,
-                       checkpoint=settings.checkpoint, data_format=settings.format, data_options=settings.options,
-                       size=settings.size, attribute=settings.attribute, overwrite=overwrite, quiet=quiet,
-                       resume=resume)
-    spec = result["spec"]
-    if result["history"]:
-        best = max(result["history"], key=lambda h: h["val_dice"])
+    result = run_train(settings, out, overwrite=overwrite, quiet=quiet, resume=resume)
+    if result.history:
+        best = max(result.history, key=lambda h: h["val_dice"])
         out_console.print(f"Best validation Dice {best['val_dice']:.4f} at epoch {best['epoch']} "
-                          f"of {len(result['history'])} ({result['seconds']:.1f} s)")
-    out_console.print(f"Model {spec.name} written to {out} (default site {spec.site})")
+                          f"of {len(result.history)} ({result.seconds:.1f} s)")
+    out_console.print(f"Model {result.spec.name} written to {out} (default site {result.spec.site})")
 
 
 def register(app: typer.Typer) -> None:

@@ -13,6 +13,7 @@ import pandas as pd
 
 from applefair.data.manifest import read_manifest, usable_path
 from applefair.data.readers import read_fairseg, read_fives, read_nifti, read_tusc
+from applefair.engine.runfolder import MANIFEST
 from applefair.errors import InputError
 
 READERS: dict[str, Callable[..., pd.DataFrame]] = {
@@ -36,7 +37,7 @@ def detect_format(path: str | os.PathLike) -> str:
             header = fh.readline()
         return "tusc" if "imagePath" in header and "labelPath" in header else "csv"
     names = {c.name.lower() for c in p.iterdir()}
-    if "manifest.csv" in names:
+    if MANIFEST in names:
         return "csv"
     if "metadata.csv" in names:
         return "tusc"

@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from applefair.data.groups import GroupSpec
 from applefair.data.loaders import IMAGE_SUFFIXES, LoadOptions, binarise, load_pair, normalise, read_array
+from applefair.engine.runfolder import MANIFEST
 from applefair.errors import InputError
 
 REQUIRED = ("image", "mask", "split")
@@ -41,7 +42,7 @@ def read_manifest(path: str | os.PathLike, image_col: str = "image", mask_col: s
     """
     path = usable_path(path)
     if path.is_dir():
-        path = path / "manifest.csv"
+        path = path / MANIFEST
     if not path.is_file():
         raise InputError(f"{path}: manifest not found (expected a CSV with columns image, mask, split)")
     try:

@@ -50,6 +50,7 @@ from scipy import ndimage
 
 from applefair.data import vessels
 from applefair.engine.io import atomic_path, write_csv
+from applefair.engine.runfolder import MANIFEST
 from applefair.errors import InputError
 
 BIASES = ("contrast", "gain", "artifact", "anatomy", "spurious", "none")
@@ -204,7 +205,7 @@ def generate(out_dir: str | os.PathLike, n: int = 800, size: int = 96, bias: str
                      "split": splits[i], **attrs})
         if on_image is not None:
             on_image(i)
-    manifest = out / "manifest.csv"
+    manifest = out / MANIFEST
     write_csv(manifest, pd.DataFrame(rows))
     return manifest
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, StringConstraints, ValidationError
@@ -27,9 +27,34 @@ Device = Annotated[str, StringConstraints(pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$"
 
 
 class Settings(BaseModel):
-    """Base of every command's settings: unknown keys are an error, values are validated on assignment."""
+    """Base of every configuration (commands, APPLE, the baselines' budget, trainers): unknown keys are an
+    error, values are validated on construction and on assignment, and every error is one `InputError`
+    line naming the key (``LABEL: key 'epochs': ...``), whether the values came from a file, the command
+    line or Python."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    label: ClassVar[str] = "config"  # names the source in errors of values given in Python
+
+    def __init__(self, **data: Any):
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise InputError(validation_message(exc, self.label)) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as exc:
+            raise InputError(validation_message(exc, self.label)) from None
+
+    def to_dict(self) -> dict:
+        """Plain data (YAML/JSON-ready)."""
+        return self.model_dump(mode="json")
+
+    def replace(self, **changes: Any) -> Settings:
+        """A validated copy with `changes` (None values are ignored: "not given")."""
+        given = {k: v for k, v in changes.items() if v is not None}
+        return validate_settings({**self.model_dump(), **given}, type(self), self.label)
 
 
 def _format_loc(loc: tuple) -> str:
@@ -47,7 +72,8 @@ def validation_message(exc: ValidationError, source: str) -> str:
     shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
     if len(shown) > 60:
         shown = shown[:57] + "..."
-    return f"{source}: key '{key}': {err.get('msg', 'invalid value')} (got {shown})"
+    msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
+    return f"{source}: key '{key}': {msg} (got {shown})"
 
 
 def validate_settings(data: Mapping[str, Any], model: type[M], source: str = "config") -> M:
@@ -58,8 +84,8 @@ def validate_settings(data: Mapping[str, Any], model: type[M], source: str = "co
         raise InputError(validation_message(exc, source)) from None
 
 
-def load_config(path: str | os.PathLike, model: type[M]) -> M:
-    """Read a YAML file into `model` (a pydantic model with extra='forbid')."""
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """The top-level mapping of a YAML config file (one-line InputErrors for a missing or malformed file)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: config file not found (expected a YAML file)")
@@ -76,7 +102,12 @@ def load_config(path: str | os.PathLike, model: type[M]) -> M:
     bad = [k for k in data if not isinstance(k, str)]
     if bad:
         raise InputError(f"{path}: key {bad[0]!r} is not a string")
-    return validate_settings(data, model, str(path))
+    return data
+
+
+def load_config(path: str | os.PathLike, model: type[M]) -> M:
+    """Read a YAML file into `model` (a Settings model: unknown keys and wrong types are errors)."""
+    return validate_settings(read_config_file(path), model, str(path))
 
 
 def resolve_settings(model: type[M], config: str | os.PathLike | None = None, /, **overrides: Any) -> M:

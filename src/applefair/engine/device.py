@@ -1,29 +1,23 @@
-"""Speed on one machine: mixed precision, channels-last and DataLoader settings per device.
+"""Devices: the one place a device name becomes a device, and per-device settings (layout, loaders).
 
-Each helper asks the device what it supports and falls back to the plain fp32 path when it
-does not, so trainers call them unconditionally and CPU runs stay bit-for-bit what they were:
+Each helper asks the device what it supports and falls back to the plain path when it does not,
+so trainers call them unconditionally and CPU runs stay bit-for-bit what they were:
 
-    amp = speed.Precision.resolve(precision, dev)      # "auto" -> bf16/fp16 on CUDA, fp32 on CPU
-    net = speed.channels_last(net, dev)
-    loader = DataLoader(ds, **speed.loader_settings(dev))
-    with amp.autocast():
-        loss = ...
-    amp.backward_step(loss, opt)                        # GradScaler only for fp16
+    dev = device.resolve_device("auto")          # cuda when there is one; under torchrun cuda:LOCAL_RANK
+    net = device.channels_last(net, dev)
+    loader = DataLoader(ds, **device.loader_settings(dev))
+
+Mixed precision lives in `applefair.engine.precision`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from applefair.errors import InputError
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def resolve_device(name: str | torch.device = "auto") -> torch.device:
@@ -33,6 +27,9 @@ def resolve_device(name: str | torch.device = "auto") -> torch.device:
     is bad input. Under torchrun a bare 'cuda' (or 'auto' on a GPU machine) becomes this
     process's own GPU, cuda:LOCAL_RANK, so that N processes do not all share GPU 0.
     """
+    from applefair.engine.distributed import init
+
+    init()  # under torchrun: join the process group first (a no-op otherwise)
     if isinstance(name, torch.device):
         name = str(name)
     if name == "auto":
@@ -60,69 +57,6 @@ def module_device(module: nn.Module) -> torch.device:
     for t in module.buffers():
         return t.device
     return torch.device("cpu")
-
-
-def supports_bf16(dev: torch.device) -> bool:
-    if dev.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return dev.type == "cpu"
-
-
-@dataclass
-class Precision:
-    """An autocast dtype (None: fp32) and, for fp16, a gradient scaler."""
-
-    device: torch.device
-    dtype: torch.dtype | None = None
-    scaler: torch.amp.GradScaler | None = field(default=None, repr=False)
-
-    @classmethod
-    def resolve(cls, precision: str, dev: torch.device) -> Precision:
-        """'auto': bf16 on GPUs that have it, else fp16 on GPUs; fp32 on CPU (CPU autocast is
-        only faster with AMX/AVX512-BF16, so it is opt-in with 'bf16')."""
-        if precision not in PRECISIONS:
-            raise InputError(f"precision '{precision}': expected one of {', '.join(PRECISIONS)}")
-        if precision == "auto":
-            precision = ("bf16" if supports_bf16(dev) else "fp16") if dev.type == "cuda" else "fp32"
-        if precision == "fp32":
-            return cls(dev)
-        if precision == "bf16":
-            if not supports_bf16(dev):
-                raise InputError(f"precision 'bf16': not supported on device {dev} (use fp16 or fp32)")
-            return cls(dev, torch.bfloat16)
-        if dev.type != "cuda":
-            raise InputError(f"precision 'fp16': only on CUDA devices, not {dev} (use bf16 or fp32)")
-        return cls(dev, torch.float16, torch.amp.GradScaler("cuda"))
-
-    @property
-    def name(self) -> str:
-        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
-
-    def autocast(self) -> contextlib.AbstractContextManager:
-        """Autocast to this dtype (a no-op context for fp32)."""
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
-
-    def backward_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer,
-                      clip_norm: float | None = None, params: Iterator[nn.Parameter] | None = None) -> None:
-        """loss.backward() and optimizer.step(), through the GradScaler when fp16 needs one."""
-        if self.scaler is None:
-            loss.backward()
-            if clip_norm:
-                torch.nn.utils.clip_grad_norm_(list(params or _opt_params(optimizer)), clip_norm)
-            optimizer.step()
-            return
-        self.scaler.scale(loss).backward()
-        if clip_norm:
-            self.scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(list(params or _opt_params(optimizer)), clip_norm)
-        self.scaler.step(optimizer)
-        self.scaler.update()
-
-
-def _opt_params(optimizer: torch.optim.Optimizer) -> list[nn.Parameter]:
-    return [p for g in optimizer.param_groups for p in g["params"]]
 
 
 def channels_last(obj: nn.Module | torch.Tensor, dev: torch.device) -> nn.Module | torch.Tensor:

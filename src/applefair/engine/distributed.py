@@ -30,7 +30,8 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
 
+from applefair.engine.io import resumable_dir, resume_stage, staged_dir
 from applefair.errors import InputError
 
 log = logging.getLogger("applefair")
@@ -135,15 +137,6 @@ def init(backend: str | None = None, timeout_s: float = 1800.0) -> DistInfo:
     return DistInfo(rank(), local_rank(), world_size(), dist.get_backend() if is_distributed() else None, device())
 
 
-def resolve_device(name: str | torch.device = "cpu") -> torch.device:
-    """`name` as a device, joining the process group first; under torchrun a bare 'cuda' becomes
-    this process's own GPU (cuda:LOCAL_RANK), so that N processes do not share GPU 0."""
-    from applefair.engine.device import resolve_device as _resolve
-
-    init()
-    return _resolve(name)
-
-
 def shutdown() -> None:
     """Leave the process group (call once at the end of a torchrun job)."""
     if dist.is_available() and dist.is_initialized():
@@ -171,6 +164,34 @@ def run_folder(out: str | os.PathLike, resume: bool = False) -> Path:
     if resume and out.is_dir():
         shutil.copytree(out, target)
     return target
+
+
+@contextmanager
+def rank_stage(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """`io.staged_dir(out)` on rank 0; on other ranks a scratch folder, removed after (one writer per run)."""
+    if is_main():
+        with staged_dir(out, overwrite=overwrite) as stage:
+            yield stage
+        return
+    with tempfile.TemporaryDirectory(prefix=".applefair-rank-") as scratch:
+        yield Path(scratch)
+
+
+@contextmanager
+def rank_resumable(out: str | os.PathLike, marker: str, overwrite: bool = False,
+                   resume: bool = False) -> Iterator[tuple[Path, bool]]:
+    """`io.resumable_dir` on rank 0; on other ranks a scratch copy of the resumable stage, so that every
+    rank resumes from the same state and only rank 0 publishes `out`."""
+    if is_main():
+        with resumable_dir(out, marker, overwrite=overwrite, resume=resume) as found:
+            yield found
+        return
+    stage = resume_stage(out)
+    resuming = resume and (stage / marker).is_file()
+    with tempfile.TemporaryDirectory(prefix=".applefair-rank-") as scratch:
+        if resuming:
+            shutil.copytree(stage, Path(scratch) / "stage")
+        yield (Path(scratch) / "stage" if resuming else Path(scratch)), resuming
 
 
 # ----------------------------------------------------------------------------- data

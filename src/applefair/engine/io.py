@@ -136,15 +136,10 @@ def staged_dir(out: str | os.PathLike, overwrite: bool = False) -> Iterator[Path
     """Build a run folder in a sibling temporary folder and move it into place at the end.
 
     If the work fails, nothing is left at `out` (and an earlier run there is untouched).
-    Under torchrun only rank 0 writes `out`; other ranks get a scratch folder, removed after.
+    Under torchrun, use cases give the other ranks a scratch folder instead
+    (`applefair.engine.distributed.rank_stage`).
     """
     out = Path(out)
-    from applefair.engine.distributed import is_main  # late: every module imports io
-
-    if not is_main():
-        with tempfile.TemporaryDirectory(prefix=".applefair-rank-") as scratch:
-            yield Path(scratch)
-        return
     _check_out(out, overwrite)
     stage = _storage(out, lambda: _make_stage(out))
     try:
@@ -179,15 +174,7 @@ def resumable_dir(out: str | os.PathLike, marker: str, overwrite: bool = False,
     """
     out = Path(out)
     stage = resume_stage(out)
-    from applefair.engine.distributed import is_main  # late: every module imports io
-
     resuming = resume and (stage / marker).is_file()
-    if not is_main():  # other ranks: a scratch copy of the stage, so that every rank resumes from the same state
-        with tempfile.TemporaryDirectory(prefix=".applefair-rank-") as scratch:
-            if resuming:
-                shutil.copytree(stage, Path(scratch) / "stage")
-            yield (Path(scratch) / "stage" if resuming else Path(scratch)), resuming
-        return
     if resume and not resuming:
         if stage.is_dir():  # killed before its first checkpoint: start again
             _remove_quietly(stage)

@@ -51,7 +51,7 @@ def install_memory_log() -> None:
 
 
 @contextmanager
-def run_logging(folder: str | os.PathLike, name: str = "run.log") -> Iterator[Path]:
+def run_logging(folder: str | os.PathLike, name: str) -> Iterator[Path]:
     """Log the applefair logger's INFO messages to `folder/name` for the duration of a run."""
     path = Path(folder) / name
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,19 @@
-"""Run a segmentor over a split, score every sample, and collect the latents the decoder sees."""
+"""The evaluation primitive: score a model on a split and capture what its decoder receives.
+
+Every evaluation of the package goes through `score`: APPLE's per-epoch validation, the
+baselines' selection, `evaluate`, `mitigate`, `demo` and each `compare` cell. One pass over the
+split gives the per-sample table (id, group, one column per metric) and, for each captured module
+(a latent site: the perturbed site, a skip the decoder reads), the pooled statistics of its output
+per sample. Capturing hooks the site's module, so for a patched model it sees f_p (the perturber's
+hook runs first) and f_o when the perturbers are switched off.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -15,10 +25,37 @@ from applefair.data.groups import GroupSpec
 from applefair.data.manifest import SegmentationDataset
 from applefair.engine.device import module_device, to_device
 from applefair.engine.progress import progress_bar
-from applefair.metrics.leakage import pool_latent
+from applefair.metrics.frame import MetricFrame
+from applefair.metrics.leakage import PROBES, pool_latent, probe_auc, site_leakage
 from applefair.metrics.segmentation import per_sample_metrics
 from applefair.models.forward import segment
-from applefair.models.sites import find_module
+
+
+@dataclass
+class Scored:
+    """One model on one split: per-sample scores, pooled decoder inputs per site, the groups."""
+
+    per_sample: pd.DataFrame
+    latents: dict[str, np.ndarray]
+    group_ids: np.ndarray
+    groups: GroupSpec
+    _frames: dict = field(default_factory=dict, repr=False)
+
+    def frame(self, *, bootstrap: int = 0, seed: int = 0, level: float = 0.95) -> MetricFrame:
+        """The per-group metrics (with bootstrap CIs when `bootstrap` > 0); computed once per setting."""
+        key = (bootstrap, seed, level)
+        if key not in self._frames:
+            self._frames[key] = MetricFrame(self.per_sample, self.groups.groups, attribute=self.groups.attribute,
+                                            bootstrap=bootstrap, seed=seed, level=level)
+        return self._frames[key]
+
+    def probe_auc(self, sites: Sequence[str] | None = None, seed: int = 0) -> float:
+        """A fresh logistic probe's cross-validated AUC on the captured sites' statistics, concatenated
+        (NaN when nothing was captured or a probe cannot be fitted)."""
+        names = list(self.latents) if sites is None else list(sites)
+        if not names or any(self.latents[s].size == 0 for s in names):
+            return math.nan
+        return probe_auc(np.concatenate([self.latents[s] for s in names], 1), self.group_ids, seed=seed)
 
 
 def _probabilities(logits: torch.Tensor) -> torch.Tensor:
@@ -27,46 +64,38 @@ def _probabilities(logits: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def score_and_capture(model: nn.Module, dataset: SegmentationDataset, groups: GroupSpec, *,
-                      metrics: Sequence[str] = ("dice", "iou"), sites: Sequence[str] = (),
-                      class_names: Sequence[str] | None = None, nsd_tolerance: float = 2.0,
-                      batch_size: int = 32, device: str | torch.device | None = None, quiet: bool = True,
-                      around: Callable[[dict], AbstractContextManager] | None = None,
-                      ) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
-    """Per-sample table (id, group, one column per metric) and pooled latents per site, (N, F) each.
+def score(model: nn.Module, dataset: SegmentationDataset, groups: GroupSpec, *,
+          capture: Mapping[str, nn.Module] | None = None, metrics: Sequence[str] = ("dice", "iou"),
+          class_names: Sequence[str] | None = None, nsd_tolerance: float = 2.0, batch_size: int = 32,
+          device: str | torch.device | None = None, quiet: bool = True,
+          replay: Callable[[dict], AbstractContextManager] | None = None) -> Scored:
+    """Run `model` over `dataset` (eval mode, in order), score every sample, capture decoder inputs.
 
-    Latents are what each site's module outputs; for a `PatchedSegmentor` whose perturbers are
-    enabled that is f_p (the decoder's input), and f_o when they are disabled. Batches go to
-    `device`, by default the one the model lives on. `around(batch)`, if given, is a context
-    entered around each batch's forward pass (APPLE's latent cache replays the encoder with it).
+    `capture`: {site name: module}; the pooled per-channel mean and std of each module's output are
+    kept per sample. Batches go to `device`, by default the one the model lives on. `replay(batch)`,
+    if given, is a context entered around each batch's forward pass (APPLE's latent cache replays
+    the frozen encoder with it).
     """
     device = module_device(model) if device is None else torch.device(device)
+    capture = dict(capture or {})
     was = model.training
     model.eval()
-    pooled: dict[str, list[torch.Tensor]] = {s: [] for s in sites}
-    patched_sites = set(getattr(model, "sites", []))
-    hooks = []
-    for s in sites:
-        if s in patched_sites:
-            continue
-        target = model.net if hasattr(model, "net") and patched_sites else model
-        hooks.append(find_module(target, s).register_forward_hook(
-            lambda _m, _i, out, s=s: pooled[s].append(pool_latent(out.detach().float()).cpu())))
-    rows = []
+    pooled: dict[str, list[torch.Tensor]] = {s: [] for s in capture}
+    hooks = [m.register_forward_hook(lambda _m, _i, out, s=s: pooled[s].append(
+        pool_latent(out.detach().float()).cpu())) for s, m in capture.items()]
+    rows, gids = [], []
     try:
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
         with progress_bar(quiet) as bar:
             task = bar.add_task("evaluate", total=len(loader), info="")
             for batch in loader:
-                with around(batch) if around is not None else nullcontext():
+                with replay(batch) if replay is not None else nullcontext():
                     logits = segment(model, to_device(batch, device))
-                for s in sites:
-                    if s in patched_sites:
-                        pooled[s].append(pool_latent(model.latents[s][1].detach().float()).cpu())
                 scores = per_sample_metrics(_probabilities(logits.float()).cpu(), batch["mask"], metrics=metrics,
                                             class_names=class_names, nsd_tolerance=nsd_tolerance)
                 for j, idx in enumerate(batch["index"].tolist()):
-                    row = {"id": dataset.ids[idx], "group": groups.name(int(batch["group"][j]))}
+                    gids.append(int(batch["group"][j]))
+                    row = {"id": dataset.ids[idx], "group": groups.name(gids[-1])}
                     row.update({k: float(v[j]) for k, v in scores.items()})
                     rows.append(row)
                 bar.update(task, advance=1)
@@ -77,15 +106,66 @@ def score_and_capture(model: nn.Module, dataset: SegmentationDataset, groups: Gr
     frame = pd.DataFrame(rows)
     if frame.empty:
         frame = pd.DataFrame(columns=["id", "group", *metrics])
-    return frame, {s: torch.cat(v).numpy() if v else np.zeros((0, 0)) for s, v in pooled.items()}
+    latents = {s: torch.cat(v).numpy() if v else np.zeros((0, 0)) for s, v in pooled.items()}
+    return Scored(frame, latents, np.asarray(gids, dtype=np.int64), groups)
+
+
+def probe_leakage(before: Scored, after: Scored | None = None, *, probes: Sequence[str] = PROBES, folds: int = 5,
+            seed: int = 0, resamples: int = 1000, level: float = 0.95) -> dict[str, dict]:
+    """The leakage.json content: per captured site, fresh probes on f_o (`before`) and, for a patched
+    model, on f_p (`after`), with bootstrap CIs; group counts by name."""
+    groups = before.groups
+    out: dict[str, dict] = {}
+    for s in before.latents:
+        entry = site_leakage(before.latents[s], after.latents.get(s) if after is not None else None,
+                             before.group_ids, probes=probes, folds=folds, seed=seed, resamples=resamples,
+                             level=level)
+        entry["n_per_group"] = {groups.name(int(k)): v for k, v in entry["n_per_group"].items()}
+        out[s] = {"attribute": groups.attribute, **entry}
+    return out
+
+
+@dataclass
+class Evaluation:
+    """A model on a split, optionally beside the deployed model it replaces: per-group metrics with CIs,
+    the paired change (after - before), and fresh-probe leakage at the captured sites."""
+
+    after: Scored  # the model evaluated (patched, retrained, or the deployed model itself)
+    frame: MetricFrame
+    before: Scored | None = None  # the deployed model on the same split
+    before_frame: MetricFrame | None = None
+    paired: dict | None = None
+    leakage: dict[str, dict] | None = None
+
+
+def summarise(after: Scored, before: Scored | None = None, *, bootstrap: int = 1000, seed: int = 0,
+              level: float = 0.95, leakage: bool = True, probes: Sequence[str] = PROBES,
+              folds: int = 5) -> Evaluation:
+    """Frames (bootstrap CIs), the paired comparison when `before` is given, and leakage per site.
+
+    Leakage: with `before`, each site `before` captured is probed before (f_o) and after (`after`'s
+    capture of the same site, e.g. f_p); without it, `after`'s sites are probed as they are.
+    """
+    from applefair.metrics.compare import paired_comparison
+
+    kw = {"bootstrap": bootstrap, "seed": seed, "level": level}
+    ev = Evaluation(after=after, frame=after.frame(**kw))
+    if before is not None:
+        ev.before, ev.before_frame = before, before.frame(**kw)
+        ev.paired = paired_comparison(before.per_sample, after.per_sample, after.groups.groups, resamples=bootstrap,
+                                      seed=seed, level=level)
+    if leakage:
+        probed = before if before is not None else after
+        if probed.latents:
+            ev.leakage = probe_leakage(probed, after if before is not None else None, probes=probes, folds=folds,
+                                       seed=seed, resamples=bootstrap, level=level)
+    return ev
 
 
 def predict_scores(model: nn.Module, dataset: SegmentationDataset, groups: GroupSpec,
                    batch_size: int = 32, device: str | torch.device | None = None, *,
-                   around: Callable[[dict], AbstractContextManager] | None = None,
                    metrics: Sequence[str] = ("dice", "iou"), class_names: Sequence[str] | None = None,
                    nsd_tolerance: float = 2.0) -> pd.DataFrame:
-    """Per-sample table: id, group (name or 'unknown'), and one column per metric (default dice, iou)."""
-    frame, _ = score_and_capture(model, dataset, groups, metrics=metrics, class_names=class_names,
-                                 nsd_tolerance=nsd_tolerance, batch_size=batch_size, device=device, around=around)
-    return frame
+    """Per-sample table only: id, group (name or 'unknown'), and one column per metric (default dice, iou)."""
+    return score(model, dataset, groups, metrics=metrics, class_names=class_names, nsd_tolerance=nsd_tolerance,
+                 batch_size=batch_size, device=device).per_sample

@@ -29,14 +29,26 @@ from sklearn.preprocessing import StandardScaler
 from applefair.metrics.bootstrap import draw_indices, percentile_ci, strata_of
 
 PROBES = ("logistic", "mlp")
+POOLS = ("mean", "meanstd")
 
 
-def pool_latent(f: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) or (B, N, C) tokens or (B, C) -> (B, 2C) per-channel mean and std (B, C as is)."""
+def pool_latent(f: torch.Tensor, how: str = "meanstd", fixed_width: bool = False) -> torch.Tensor:
+    """Per-channel statistics of a latent: (B, C, ...) maps or (B, N, C) tokens -> (B, 2C) mean and std
+    (`how="mean"`: (B, C) means only).
+
+    A (B, C) latent has no positions: it is returned as is, or with a zero std appended when
+    `fixed_width` (the discriminator's input width must not depend on the latent's rank). The one
+    pooling of the package: fresh probes, the discriminator D_p and the group-mean term all read it.
+    """
+    if how not in POOLS:
+        raise ValueError(f"pooling '{how}' is not known (expected one of: {', '.join(POOLS)})")
     if f.ndim == 2:
-        return f
+        return f if how == "mean" or not fixed_width else torch.cat([f, torch.zeros_like(f)], 1)
     flat = f.flatten(2) if f.ndim >= 4 else f.transpose(1, 2)  # tokens (B, N, C) -> (B, C, N)
-    return torch.cat([flat.mean(-1), flat.std(-1, unbiased=False)], dim=1)
+    mu = flat.mean(-1)
+    if how == "mean":
+        return mu
+    return torch.cat([mu, flat.std(-1, unbiased=False)], dim=1)
 
 
 def make_probe(kind: str, seed: int = 0):

@@ -16,6 +16,7 @@ import yaml
 from torch import nn
 
 from applefair.engine.io import load_tensors, save_tensors, write_yaml
+from applefair.engine.runfolder import MODEL_CONFIG, MODEL_WEIGHTS
 from applefair.errors import InputError
 from applefair.models.checkpoints import apply_state, unique_state
 
@@ -82,14 +83,14 @@ def create_segmentor(name: str, tiny: bool = False, seed: int | None = None, **k
 def save_model_dir(out: str | os.PathLike, net: nn.Module, spec: ModelSpec) -> None:
     """Write model.safetensors (each tensor once) and model.yaml (name, arguments, sites)."""
     out = Path(out)
-    save_tensors(out / "model.safetensors", unique_state(net), metadata={"applefair_model": spec.name})
-    write_yaml(out / "model.yaml", asdict(spec))
+    save_tensors(out / MODEL_WEIGHTS, unique_state(net), metadata={"applefair_model": spec.name})
+    write_yaml(out / MODEL_CONFIG, asdict(spec))
 
 
 def load_model_dir(path: str | os.PathLike) -> tuple[nn.Module, ModelSpec]:
     """Load a model folder (model.yaml + model.safetensors)."""
     path = Path(path)
-    meta = path / "model.yaml"
+    meta = path / MODEL_CONFIG
     if not meta.is_file():
         raise InputError(f"{path}: not a model folder (expected model.yaml and model.safetensors)")
     try:
@@ -100,5 +101,10 @@ def load_model_dir(path: str | os.PathLike) -> tuple[nn.Module, ModelSpec]:
     net, built = create_segmentor(spec.name, **spec.args)
     spec.site = spec.site or built.site
     spec.skip_sites = spec.skip_sites or built.skip_sites
-    apply_state(net, spec.name, load_tensors(path / "model.safetensors"), path / "model.safetensors")
+    apply_state(net, spec.name, load_tensors(path / MODEL_WEIGHTS), path / MODEL_WEIGHTS)
     return net, spec
+
+
+def is_model_folder(path: str | os.PathLike) -> bool:
+    """Whether `path` is a model folder (holds model.yaml)."""
+    return (Path(path) / MODEL_CONFIG).is_file()

@@ -22,6 +22,13 @@ def find_module(model: nn.Module, site: str) -> nn.Module:
     raise InputError(f"site '{site}' is not a module of {type(model).__name__}{hint}")
 
 
+def site_modules(model: nn.Module, sites: Sequence[str]) -> dict[str, nn.Module]:
+    """{site: module} of a segmentor, or of the segmentor a wrapper holds as `.net` (a patched model,
+    an input-perturbed model): the modules whose outputs the decoder receives, to capture or probe."""
+    target = model.net if isinstance(getattr(model, "net", None), nn.Module) else model
+    return {s: find_module(target, s) for s in sites}
+
+
 def unet_bottleneck_site(net: nn.Module) -> str:
     """The bottleneck of a MONAI UNet: the innermost `submodule` of its nested SkipConnections."""
     from monai.networks.layers.simplelayers import SkipConnection

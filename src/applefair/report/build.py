@@ -16,12 +16,13 @@ from pathlib import Path
 import pandas as pd
 
 from applefair._version import __version__
+from applefair.engine import runfolder as rf
 from applefair.engine.io import atomic_path, write_csv, write_text
 from applefair.errors import InputError
 from applefair.report import plots
 from applefair.report.document import Paragraph, Section, Table, format_cell
 from applefair.report.render import render_html, render_markdown
-from applefair.report.runfolder import RunData, load_run
+from applefair.report.rundata import RunData, load_run
 from applefair.report.summary import summarize
 from applefair.report.tables import (
     COMPARE_KEYS,
@@ -183,10 +184,9 @@ def _notes(run: RunData) -> Section:
 
 
 def _inputs(run: RunData) -> list[Path]:
-    names = ["config.yaml", "metrics.json", "per_sample.csv", "leakage.json", "frozen_check.json", "history.csv",
-             "paired.json", "patch.safetensors"]
+    names = [rf.CONFIG, rf.METRICS, rf.PER_SAMPLE, rf.LEAKAGE, rf.FROZEN_CHECK, rf.HISTORY, rf.PAIRED, rf.PATCH]
     found = [run.root / n for n in names if (run.root / n).is_file()]
-    found += [run.root / e.label / f for e in run.evaluations for f in ("metrics.json", "per_sample.csv")
+    found += [run.root / e.label / f for e in run.evaluations for f in (rf.METRICS, rf.PER_SAMPLE)
               if (run.root / e.label / f).is_file()]
     for p in (run.manifest_path, run.comparison_path):
         if p is not None and p.is_relative_to(run.root):
@@ -255,7 +255,7 @@ def write_reports(run_dir: str | os.PathLike, overlays: bool = True) -> dict[str
     subtitle = (f"{command + ' run, ' if command else ''}generated "
                 f"{_dt.datetime.now().strftime('%Y-%m-%d %H:%M')} by applefair {__version__}")
     written: dict[str, Path] = {}
-    tables_dir, plots_dir = run_dir / "tables", run_dir / "plots"
+    tables_dir, plots_dir = run_dir / rf.TABLES, run_dir / rf.PLOTS
     for sec in sections:
         for b in sec.blocks:
             if isinstance(b, Table) and b.csv:
@@ -272,8 +272,8 @@ def write_reports(run_dir: str | os.PathLike, overlays: bool = True) -> dict[str
                 stale = folder / f"{name}{suffix}"
                 if stale.is_file() and f"{folder.name}/{stale.name}" not in written:
                     stale.unlink()
-    write_text(run_dir / "report.html", render_html(title, subtitle, sections))
-    write_text(run_dir / "report.md", render_markdown(title, subtitle, sections))
-    written["report.html"], written["report.md"] = run_dir / "report.html", run_dir / "report.md"
-    log.info("report written: %s", run_dir / "report.html")
+    write_text(run_dir / rf.REPORT_HTML, render_html(title, subtitle, sections))
+    write_text(run_dir / rf.REPORT_MD, render_markdown(title, subtitle, sections))
+    written[rf.REPORT_HTML], written[rf.REPORT_MD] = run_dir / rf.REPORT_HTML, run_dir / rf.REPORT_MD
+    log.info("report written: %s", run_dir / rf.REPORT_HTML)
     return written

@@ -13,8 +13,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import default_collate
 
+from applefair.engine import runfolder as rf
 from applefair.errors import InputError
-from applefair.report.runfolder import RunData, config_path
+from applefair.report.rundata import RunData, config_path
 
 
 def _path(run: RunData, local: str, key: str, marker: str = "") -> Path | None:
@@ -51,11 +52,11 @@ def compute_overlays(run: RunData, per_group: int = 1) -> tuple[list[dict] | Non
     from applefair.models.forward import segment
     from applefair.models.registry import load_model_dir
 
-    model_dir = _path(run, "deployed", "model", marker="model.yaml")
-    patch = _path(run, "patch.safetensors", "patch")
+    model_dir = _path(run, rf.DEPLOYED, "model", marker=rf.MODEL_CONFIG)
+    patch = _path(run, rf.PATCH, "patch")
     scored = next((e for e in reversed(run.evaluations) if e.per_sample is not None), None)
-    missing = [what for what, ok in (("a deployed/ model folder", model_dir), ("patch.safetensors", patch),
-                                     ("the data manifest", run.manifest_path), ("per_sample.csv", scored))
+    missing = [what for what, ok in ((f"a {rf.DEPLOYED}/ model folder", model_dir), (rf.PATCH, patch),
+                                     ("the data manifest", run.manifest_path), (rf.PER_SAMPLE, scored))
                if ok is None]
     if missing:
         return None, "Example overlays skipped: missing " + ", ".join(missing) + "."
@@ -77,9 +78,8 @@ def compute_overlays(run: RunData, per_group: int = 1) -> tuple[list[dict] | Non
         return None, "Example overlays skipped: none of the scored ids is in the manifest's test split."
     batch = default_collate([test[index[i]] for _, _, i in cases])
     patched.eval()
-    patched.enabled = False
-    before = torch.sigmoid(segment(patched, batch))
-    patched.enabled = True
+    with patched.disabled():
+        before = torch.sigmoid(segment(patched, batch))
     after = torch.sigmoid(segment(patched, batch))
     d_before = per_sample_metrics(before, batch["mask"])["dice"]
     d_after = per_sample_metrics(after, batch["mask"])["dice"]

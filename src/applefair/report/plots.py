@@ -16,7 +16,7 @@ from matplotlib.colors import ListedColormap
 from matplotlib.figure import Figure as MplFigure
 
 from applefair.report.document import Figure
-from applefair.report.runfolder import Evaluation
+from applefair.report.rundata import Evaluation
 from applefair.report.tables import ci_interval
 
 _TRUTH = ListedColormap(["#EE7733"])

@@ -10,7 +10,8 @@ import math
 
 import pandas as pd
 
-from applefair.report.runfolder import Evaluation, RunData
+from applefair.engine.runfolder import leakage_per_site
+from applefair.report.rundata import Evaluation, RunData
 from applefair.report.tables import ci_interval, ci_pair
 
 TOL = 0.005  # half a Dice point: changes smaller than this are "about the same"
@@ -98,9 +99,7 @@ def single_sentences(ev: Evaluation) -> list[str]:
 
 
 def leakage_sentence(leakage: dict) -> str | None:
-    if any("auc" in k.lower() and isinstance(v, (int, float)) for k, v in leakage.items()):  # one flat site
-        sites = leakage.get("sites")
-        leakage = {", ".join(map(str, sites)) if isinstance(sites, list) and sites else "the latent": leakage}
+    leakage = leakage_per_site(leakage)
     pairs = [(s, v.get("auc_before"), v.get("auc_after")) for s, v in leakage.items() if isinstance(v, dict)]
     pairs = [(s, b, a) for s, b, a in pairs if isinstance(b, (int, float)) and isinstance(a, (int, float))]
     if pairs:

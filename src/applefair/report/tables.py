@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 
 from applefair.data.groups import GroupSpec
-from applefair.report.runfolder import Evaluation
+from applefair.engine.runfolder import leakage_per_site
+from applefair.report.rundata import Evaluation
 
 FAIRNESS_ROWS = (("dice_delta", "Dice gap (max - min)"), ("dice_worst", "Dice, worst group"),
                  ("dice_std", "Dice std of group means"), ("dice_skewness", "Dice skewness"),
@@ -148,10 +149,7 @@ def leakage_table(leakage: dict) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     'auc' / 'mlp_auc' (a copy of what the decoder sees) are dropped when the before/after keys exist.
     """
     records, shown = [], []
-    if any("auc" in k.lower() and isinstance(v, (int, float)) for k, v in leakage.items()):  # one flat site
-        sites = leakage.get("sites")
-        name = ", ".join(map(str, sites)) if isinstance(sites, list) and sites else str(leakage.get("site", "latent"))
-        leakage = {name: leakage}
+    leakage = leakage_per_site(leakage)
     for site, values in leakage.items():
         if not isinstance(values, dict):
             continue

@@ -13,19 +13,23 @@ import copy
 import json
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar, Literal
 
 import torch
 from monai.losses import DiceCELoss
+from pydantic import Field
 from torch import nn
 
 from applefair.data.augment import apply_augmenter, augment_batch, parse_augment, sample_augmenter
 from applefair.data.groups import GroupSpec
 from applefair.data.manifest import SegmentationDataset
-from applefair.engine import device as speed
 from applefair.engine import distributed
+from applefair.engine.config import Settings
+from applefair.engine.device import resolve_device
+from applefair.engine.precision import Precision
 from applefair.engine.progress import progress_bar
+from applefair.engine.runfolder import CHECKPOINT
 from applefair.engine.seeding import seed_everything
 from applefair.engine.trainstate import load_state, numpy_streams, read_header, save_state
 from applefair.errors import InputError
@@ -34,33 +38,33 @@ from applefair.models.forward import segment
 
 log = logging.getLogger("applefair")
 
-CHECKPOINT = "checkpoint.safetensors"
 FORMAT = "applefair-erm-checkpoint/1"
 OPTIMIZERS = ("adamw", "sgd")
 
 
-@dataclass
-class TrainConfig:
-    epochs: int = 30
-    batch_size: int = 16
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    seed: int = 0
+class TrainConfig(Settings):
+    """The ERM trainer's settings (`applefair train` builds them from its own; compare from `deploy:`)."""
+
+    label: ClassVar[str] = "train config"
+
+    epochs: int = Field(30, ge=0)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    seed: int = Field(0, ge=0)
     augment: bool | str = True  # True: random horizontal flips per batch; or a comma list of AUGMENTATIONS
-    optimizer: str = "adamw"  # adamw | sgd (momentum 0.99, Nesterov)
-    momentum: float = 0.99
-    poly_power: float = 0.9
+    optimizer: Literal[OPTIMIZERS] = "adamw"  # sgd: momentum 0.99, Nesterov
+    momentum: float = Field(0.99, ge=0)
+    poly_power: float = Field(0.9, ge=0)
     device: str = "cpu"
 
 
 def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
     if not params:
         raise InputError("the model has no trainable parameters")
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=True, weight_decay=cfg.weight_decay)
-    raise InputError(f"optimizer '{cfg.optimizer}' is not known (expected one of: {', '.join(OPTIMIZERS)})")
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def train_segmentor(net: nn.Module, train: SegmentationDataset, val: SegmentationDataset, groups: GroupSpec,
@@ -79,14 +83,14 @@ def train_segmentor(net: nn.Module, train: SegmentationDataset, val: Segmentatio
         raise InputError("the training split is empty")
     if len(val) == 0:
         raise InputError("the validation split is empty (best-on-validation selection needs split=val rows)")
-    device = distributed.resolve_device(cfg.device)  # under torchrun: this process's own GPU
+    device = resolve_device(cfg.device)  # under torchrun: this process's own GPU
     net.to(device)
     # one process: the plain shuffled loader; under torchrun: this rank's share of each global batch
     loader = distributed.make_loader(train, cfg.batch_size, shuffle=True, generator=gen,
                                      drop_last=len(train) > cfg.batch_size)
     model = distributed.wrap(net)  # DDP when world_size > 1, else `net` itself
     # mixed precision where the device has it (bf16/fp16 on CUDA); fp32 on the CPU, unchanged
-    amp = speed.Precision.resolve(getattr(cfg, "precision", "auto"), device)
+    amp = Precision.resolve(getattr(cfg, "precision", "auto"), device)
     loss_fn = DiceCELoss(sigmoid=True)
     opt = make_optimizer([p for p in net.parameters() if p.requires_grad], cfg)
     sched = torch.optim.lr_scheduler.PolynomialLR(opt, total_iters=max(1, cfg.epochs * len(loader)),
@@ -137,7 +141,7 @@ def train_segmentor(net: nn.Module, train: SegmentationDataset, val: Segmentatio
 
 def resume_key(cfg: TrainConfig, run_key: dict | None = None) -> dict:
     """The settings a checkpoint must share with the run that resumes it (all but the device)."""
-    return _plain({"train": {k: v for k, v in vars(cfg).items() if k != "device"}, **(run_key or {})})
+    return _plain({"train": {k: v for k, v in cfg.model_dump().items() if k != "device"}, **(run_key or {})})
 
 
 def _plain(obj):

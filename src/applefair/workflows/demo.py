@@ -1,41 +1,42 @@
 """`applefair demo`: the whole story on the built-in benchmark, with no user files.
 
-generate data -> train the deployed U-Net (ERM) -> evaluate per group -> freeze it and
-train APPLE at its bottleneck -> evaluate again -> check the frozen weights -> report.
+It composes the other use cases' steps: generate data -> train the deployed U-Net (ERM, `train`)
+-> evaluate per group -> freeze it and fit APPLE at its bottleneck (`mitigate`) -> evaluate again
+beside the deployed model (`evaluate`) -> check the frozen weights -> report.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
 import torch
 from pydantic import Field
 
-from applefair._version import __version__
-from applefair.apple.patch import save_patch
-from applefair.apple.trainer import AppleConfig, train_apple
+from applefair.apple.config import AppleConfig
+from applefair.baselines import get_method
 from applefair.data.groups import GroupSpec
 from applefair.data.manifest import SegmentationDataset, read_manifest
 from applefair.data.synthetic import generate
+from applefair.engine import distributed, runfolder
 from applefair.engine.config import Device, Settings
-from applefair.engine.io import json_safe, staged_dir, state_dict_hash, write_csv, write_json, write_yaml
-from applefair.engine.runinfo import run_info
-from applefair.metrics.compare import paired_comparison
-from applefair.metrics.evaluate import score_and_capture
-from applefair.metrics.fairness import fairness_summary
-from applefair.metrics.leakage import site_leakage
-from applefair.models.registry import create_segmentor, save_model_dir
+from applefair.engine.device import resolve_device
+from applefair.metrics.evaluate import Evaluation
+from applefair.models.registry import save_model_dir
 from applefair.report import write_reports
-from applefair.training.erm import TrainConfig, train_segmentor
+from applefair.training.erm import TrainConfig
+from applefair.workflows._common import FrozenCheck, logged, provenance
+from applefair.workflows.evaluate import evaluate_change
+from applefair.workflows.mitigate import fit_method, write_patch
+from applefair.workflows.train import build_model, train_deployed
 
 log = logging.getLogger("applefair")
 BOOTSTRAP = 1000  # resamples for every confidence interval of the demo
+FULL = {"n": 800, "size": 96, "erm_epochs": 30, "erm_lr": 3e-3, "apple_epochs": 20, "channels": [16, 32, 64, 128]}
+QUICK = {**FULL, "n": 240, "size": 64, "erm_epochs": 15, "erm_lr": 5e-3, "apple_epochs": 4}
 
 
 class DemoSettings(Settings):
@@ -53,91 +54,63 @@ class DemoSettings(Settings):
     channels: list[int] | None = Field(None, min_length=2, description="U-Net channels per level.")
     device: Device = Field("auto", description="auto, cpu, cuda or cuda:N.")
 
+    def resolved(self) -> DemoSettings:
+        """Every size filled in: the quick or the full defaults where nothing was given."""
+        base = QUICK if self.quick else FULL
+        return self.replace(**{k: v if getattr(self, k) is None else getattr(self, k) for k, v in base.items()})
+
 
 @dataclass
-class DemoConfig:
-    n: int = 800
-    size: int = 96
-    bias: str = "contrast"
-    minority_share: float = 0.25
-    seed: int = 0
-    erm_epochs: int = 30
-    erm_lr: float = 3e-3
-    apple_epochs: int = 20
-    channels: tuple[int, ...] = (16, 32, 64, 128)
-    device: str = "cpu"  # where ERM, APPLE and evaluation run (the command resolves --device auto)
-
-    @classmethod
-    def quick(cls, **kw) -> DemoConfig:
-        """A run of about a minute: fewer, smaller images and fewer epochs."""
-        return cls(**{"n": 240, "size": 64, "erm_epochs": 15, "erm_lr": 5e-3, "apple_epochs": 4, **kw})
+class DemoResult:
+    evaluation: Evaluation  # the patched model beside the deployed one (test split)
+    check: dict  # frozen_check.json
 
 
-def run_demo(out: str | os.PathLike, cfg: DemoConfig, quiet: bool = False, overwrite: bool = True) -> dict:
-    """Run the demo into `out`; returns {'before', 'after', 'check', 'leakage'}."""
+def run_demo(out: str | os.PathLike, settings: DemoSettings, quiet: bool = False, overwrite: bool = True) -> DemoResult:
+    """Run the demo into `out` (built aside and moved into place only when it finished)."""
     torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
+    st = settings.resolved()
+    st = st.replace(device=str(resolve_device(st.device)))
     out = Path(out)
-    if out.exists() and not (out / "config.yaml").exists() and any(out.iterdir()):
+    if out.exists() and not (out / runfolder.CONFIG).exists() and any(out.iterdir()):
         overwrite = False  # never replace a folder that is not an applefair run
     started = time.time()
-    with staged_dir(out, overwrite=overwrite) as stage:
-        handler = logging.FileHandler(stage / "run.log")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        try:
-            result = _run(stage, cfg, quiet)
-        finally:
-            log.removeHandler(handler)
-            handler.close()
+    with distributed.rank_stage(out, overwrite=overwrite) as stage, logged(stage):
+        result = _run(stage, st, quiet)
     log.info("demo finished in %.1f s", time.time() - started)
     return result
 
 
-def _run(stage: Path, cfg: DemoConfig, quiet: bool) -> dict:
-    config = {"command": "demo", "argv": sys.argv, "applefair": __version__,
-              "torch": torch.__version__, **asdict(cfg), "run": run_info()}
-    write_yaml(stage / "config.yaml", config)
+def _run(stage: Path, st: DemoSettings, quiet: bool) -> DemoResult:
+    config = provenance("demo", **st.to_dict())
+    runfolder.write_config(stage, config)
     log.info("config %s", config)
-    manifest = generate(stage / "data", n=cfg.n, size=cfg.size, bias=cfg.bias,
-                        minority_share=cfg.minority_share, seed=cfg.seed)
+    manifest = generate(stage / runfolder.DATA, n=st.n, size=st.size, bias=st.bias,
+                        minority_share=st.minority_share, seed=st.seed)
     frame = read_manifest(manifest)
     groups = GroupSpec("sex").fit(frame)
     split = {s: SegmentationDataset(frame, groups, s) for s in ("train", "val", "test")}
-
-    net, spec = create_segmentor("unet", seed=cfg.seed, channels=list(cfg.channels))
-    train_segmentor(net, split["train"], split["val"], groups,
-                    TrainConfig(epochs=cfg.erm_epochs, lr=cfg.erm_lr, seed=cfg.seed, device=cfg.device), quiet=quiet)
-    save_model_dir(stage / "deployed", net, spec)
-
-    test = split["test"]
-    before_scores, f_o = score_and_capture(net, test, groups, sites=[spec.site])
-    before = fairness_summary(before_scores, groups.attribute, groups.groups, bootstrap=BOOTSTRAP, seed=cfg.seed)
-    _write_eval(stage / "before", before, before_scores)
-
-    deployed_hash = state_dict_hash(net)
-    apple_cfg = AppleConfig(epochs=cfg.apple_epochs, seed=cfg.seed)
-    patched, history, check = train_apple(net, spec.site, split["train"], split["val"], groups, apple_cfg, quiet)
-    after_scores, f_p = score_and_capture(patched, test, groups, sites=patched.sites)
-    after = fairness_summary(after_scores, groups.attribute, groups.groups, bootstrap=BOOTSTRAP, seed=cfg.seed)
-    _write_eval(stage / "after", after, after_scores)
-    paired = paired_comparison(before_scores, after_scores, groups.groups, resamples=BOOTSTRAP, seed=cfg.seed)
-    write_json(stage / "paired.json", json_safe(paired))
-    save_patch(stage / "patch.safetensors", patched, {"model": spec.name, "model_args": spec.args,
-                                                       "groups": groups.to_dict(), "apple": apple_cfg.to_dict(),
-                                                       "selected_epoch": check["selected_epoch"],
-                                                       "deployed_weights_sha256": deployed_hash})
-    check["hash_final"] = state_dict_hash(net)
-    check["unchanged"] = check["unchanged"] and check["hash_final"] == deployed_hash
-    # fresh probes on what the decoder receives: f_o (deployed) vs f_p (patched), never the discriminator
-    leakage = {s: site_leakage(f_o[s], f_p[s], test.group_ids, seed=cfg.seed) for s in patched.sites}
-    write_json(stage / "leakage.json", json_safe(leakage))
-    write_json(stage / "frozen_check.json", check)
-    write_csv(stage / "history.csv", pd.DataFrame(history))
+    # train: the model to deploy
+    net, spec = build_model("unet", seed=st.seed, args={"channels": list(st.channels)})
+    train_deployed(net, spec, split, groups, TrainConfig(epochs=st.erm_epochs, lr=st.erm_lr, seed=st.seed,
+                                                         device=st.device), quiet=quiet)
+    net.eval()
+    save_model_dir(stage / runfolder.DEPLOYED, net, spec)
+    frozen = FrozenCheck(net)
+    # mitigate: APPLE at the model's own site
+    cfg = AppleConfig(epochs=st.apple_epochs, seed=st.seed)
+    fit = fit_method(get_method("apple"), net, spec, split, groups, cfg, quiet=quiet)
+    write_patch(stage, fit, spec, groups, cfg, frozen.hash_before)
+    # evaluate: the patched model beside the deployed one, with fresh probes on what the decoder receives
+    ev = evaluate_change(fit.model, split["test"], groups, deployed=net, sites=fit.latent_sites,
+                         bootstrap=BOOTSTRAP, seed=st.seed)
+    fit.model.remove()
+    runfolder.write_evaluation(stage / runfolder.BEFORE, ev.before_frame.to_dict(), ev.before.per_sample)
+    runfolder.write_evaluation(stage / runfolder.AFTER, ev.frame.to_dict(), ev.after.per_sample)
+    runfolder.write_paired(stage, ev.paired)
+    runfolder.write_leakage(stage, ev.leakage or {})
+    check = frozen.verify(fit.deployed, **fit.extra)
+    runfolder.write_frozen_check(stage, check)
+    runfolder.write_history(stage, fit.history)
     write_reports(stage)  # report.html, report.md, tables/, plots/
-    return {"before": before, "after": after, "paired": paired, "check": check, "leakage": leakage}
-
-
-def _write_eval(folder: Path, summary: dict, scores) -> None:
-    write_json(folder / "metrics.json", json_safe(summary))
-    write_csv(folder / "per_sample.csv", scores)
+    return DemoResult(ev, check)

@@ -1,8 +1,11 @@
 """`applefair mitigate` as a function: one run folder from (data, deployed model, attribute).
 
-The run folder fills up as training goes (a checkpoint per epoch, so `resume` can continue
-after a kill); every file in it is written atomically. The deployed model's folder is only
-read, and its files are hashed before and after to prove it.
+APPLE (or a baseline, `--method NAME`) is fitted through `Method.fit`, the one way every method
+runs; the run folder fills up as training goes (a checkpoint per epoch, so `resume` can continue
+after a kill), every file in it is written atomically, and the test split is evaluated through the
+same path as `applefair evaluate` (per-group metrics with CIs, the paired change against the
+deployed model, fresh-probe leakage). The deployed model's folder is only read, and its files and
+weights are hashed before and after to prove it.
 """
 
 from __future__ import annotations
@@ -10,27 +13,44 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
 import torch
+from torch import nn
 
-from applefair._version import __version__
 from applefair.apple.config import AppleConfig
 from applefair.apple.patch import save_patch
-from applefair.apple.trainer import CHECKPOINT, evaluate_patched, train_apple
+from applefair.baselines import Budget, FitResult, Method, get_method
 from applefair.data import load_dataset
 from applefair.data.groups import GroupSpec
 from applefair.data.manifest import SegmentationDataset
-from applefair.engine import distributed
-from applefair.engine.io import folder_hash, state_dict_hash, write_csv, write_json, write_yaml
-from applefair.engine.runinfo import run_info
+from applefair.engine import distributed, runfolder
+from applefair.engine.device import resolve_device
+from applefair.engine.runfolder import CHECKPOINT
 from applefair.errors import InputError
+from applefair.metrics.evaluate import Evaluation, score
+from applefair.metrics.frame import MetricFrame
+from applefair.models.registry import ModelSpec
 from applefair.models.sites import find_module
 from applefair.report import write_reports
+from applefair.workflows._common import FrozenCheck, logged, provenance
+from applefair.workflows.evaluate import evaluate_change
 
 log = logging.getLogger("applefair")
+BOOTSTRAP = 1000  # resamples of the test split's confidence intervals
+
+
+@dataclass
+class MitigationResult:
+    """What a mitigate run produced (all of it is also in the run folder)."""
+
+    method: str
+    fit: FitResult
+    test: Evaluation  # the mitigated model beside the deployed one, on the test split
+    val: MetricFrame  # the mitigated model on the validation split
+    check: dict  # frozen_check.json
+    export: dict | None = None
 
 
 def _prepare_out(out: Path, model: Path, resume: bool, overwrite: bool) -> None:
@@ -50,102 +70,100 @@ def _prepare_out(out: Path, model: Path, resume: bool, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
+def fit_method(impl: Method, net: nn.Module, spec: ModelSpec, split: dict[str, SegmentationDataset],
+               groups: GroupSpec, cfg: AppleConfig, method_options: dict | None = None, *, quiet: bool = True,
+               run_dir: str | os.PathLike | None = None, resume: bool = False) -> FitResult:
+    """Fit a method through `Method.fit` with the budget `cfg` implies (epochs, batch size, seed, tolerance):
+    APPLE gets all of `cfg`, a baseline `method_options`. The step `mitigate` and `demo` share."""
+    budget = Budget(epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed, tolerance=cfg.tolerance)
+    options = cfg.to_dict() if impl.name == "apple" else (method_options or {})
+    return impl.fit(net, spec, split["train"], split["val"], groups, budget, options, quiet=quiet, run_dir=run_dir,
+                    resume=resume)
+
+
+def write_patch(folder: str | os.PathLike, fit: FitResult, spec: ModelSpec, groups: GroupSpec, cfg: AppleConfig,
+                deployed_hash: str) -> None:
+    """patch.safetensors: the perturbers, and in its header what they were fitted to (the deployed weights'
+    hash, the model, the groups, the options, the selected epoch)."""
+    save_patch(Path(folder) / runfolder.PATCH, fit.model,
+               {"model": spec.name, "model_args": spec.args, "groups": groups.to_dict(), "apple": cfg.to_dict(),
+                "selected_epoch": fit.selected_epoch, "deployed_weights_sha256": deployed_hash})
+
+
 def run_mitigation(data: str | os.PathLike, model: str | os.PathLike, out: str | os.PathLike,
                    groups: GroupSpec, cfg: AppleConfig, method: str = "apple", method_options: dict | None = None,
                    resume: bool = False, overwrite: bool = False, export: bool = False, quiet: bool = False,
-                   device: str = "auto") -> dict:
-    """Mitigate the deployed model in folder `model` on manifest `data`; returns the run summary.
+                   device: str = "auto") -> MitigationResult:
+    """Mitigate the deployed model in folder `model` on the dataset `data`; write the run folder `out`.
 
     `device`: auto, cpu, cuda or cuda:N; the deployed model, the perturbers and the discriminator
     (or the baseline's models) all train and evaluate there."""
     from applefair.models.registry import load_model_dir
 
+    if method != "apple" and resume:
+        raise InputError("--resume is only supported for --method apple")
+    impl = get_method(method)  # an unknown method is bad input before anything is read
     out, model = Path(out), Path(model)
     out = distributed.run_folder(out, resume)  # under torchrun, ranks > 0 write a private scratch copy
     frame = load_dataset(data)
     groups.fit(frame)
     net, spec = load_model_dir(model)
-    net.to(distributed.resolve_device(device))
+    net.to(resolve_device(device))
     for site in cfg.sites:  # an unknown site is bad input: say so before anything is written
         find_module(net, site)
     created = not out.exists() or (not resume and overwrite)
     _prepare_out(out, model, resume, overwrite)
-    handler = logging.FileHandler(out / "run.log")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
     try:
-        return _run(frame, net, spec, model, out, groups, cfg, method, method_options or {}, resume, export, quiet)
+        with logged(out):
+            return _run(frame, net, spec, model, out, groups, cfg, impl, method_options or {}, resume, export, quiet)
     except InputError:
         if created and not (out / CHECKPOINT).is_file():  # bad input: leave no half-written folder
             shutil.rmtree(out, ignore_errors=True)
         raise
-    finally:
-        log.removeHandler(handler)
-        handler.close()
 
 
-def _run(frame, net, spec, model: Path, out: Path, groups: GroupSpec, cfg: AppleConfig, method: str,
-         method_options: dict, resume: bool, export: bool, quiet: bool) -> dict:
+def _run(frame, net, spec, model: Path, out: Path, groups: GroupSpec, cfg: AppleConfig, impl, method_options: dict,
+         resume: bool, export: bool, quiet: bool) -> MitigationResult:
+    method = impl.name
     split = {s: SegmentationDataset(frame, groups, s) for s in ("train", "val", "test")}
     for s in ("train", "val"):
         if len(split[s]) == 0:
             raise InputError(f"{frame.attrs.get('source', 'manifest')}: split '{s}' has no rows "
                              "(APPLE trains on train and selects on val)")
-    model_hash, weights_hash = folder_hash(model), state_dict_hash(net)
-    config = {"command": "mitigate", "argv": sys.argv, "applefair": __version__, "torch": torch.__version__,
-              "method": method, "model": str(model), "model_name": spec.name, "site": cfg.sites or [spec.site],
-              "device": str(next(net.parameters()).device),
-              "groups": groups.to_dict(), "apple": cfg.to_dict(), "method_options": method_options,
-              "run": run_info()}
-    write_yaml(out / "config.yaml", config)
+    frozen = FrozenCheck(net, folder=model)
+    config = provenance("mitigate", method=method, model=str(model), model_name=spec.name,
+                        site=cfg.sites or [spec.site], device=str(next(net.parameters()).device),
+                        groups=groups.to_dict(), apple=cfg.to_dict(), method_options=method_options)
+    runfolder.write_config(out, config)
     log.info("mitigate %s", config)
-    if method != "apple":
-        result = _run_baseline(net, spec, split, groups, cfg, method, method_options, out, quiet)
-    else:
-        patched, history, check = train_apple(net, spec.site, split["train"], split["val"], groups, cfg,
-                                              quiet=quiet, head=spec.head, run_dir=out, resume=resume)
-        save_patch(out / "patch.safetensors", patched,
-                   {"model": spec.name, "model_args": spec.args, "groups": groups.to_dict(), "apple": cfg.to_dict(),
-                    "selected_epoch": check["selected_epoch"], "deployed_weights_sha256": weights_hash})
-        write_csv(out / "history.csv", pd.DataFrame(history))
-        _plot_curves(out / "curves.png", history)
-        result = _evaluate(patched, split, groups, cfg.seed, out)
-        result["selected_epoch"] = check["selected_epoch"]
-        if export:
-            result["export"] = _export(patched, split["test"], out)
+    fit = fit_method(impl, net, spec, split, groups, cfg, method_options, quiet=quiet, run_dir=out, resume=resume)
+    patched = fit.model if method == "apple" else None
+    if patched is not None:
+        write_patch(out, fit, spec, groups, cfg, frozen.hash_before)
+    runfolder.write_history(out, fit.history)
+    if patched is not None:
+        _plot_curves(out / runfolder.CURVES, fit.history)
+    test = evaluate_change(fit.model, split["test"], groups, deployed=net, sites=fit.latent_sites or (),
+                           bootstrap=BOOTSTRAP, seed=cfg.seed)
+    info = {"split": "test", "group_spec": groups.to_dict(), "method": method}
+    runfolder.write_evaluation(out, test.frame.to_dict(**info), test.after.per_sample)
+    runfolder.write_evaluation(out / runfolder.DEPLOYED, test.before_frame.to_dict(**{**info, "method": None}),
+                               test.before.per_sample)
+    runfolder.write_paired(out, test.paired)
+    if test.leakage is not None:
+        runfolder.write_leakage(out, test.leakage)
+    val = score(fit.model, split["val"], groups)
+    runfolder.write_evaluation(out / runfolder.VALIDATION, val.frame().to_dict(split="val", method=method),
+                               val.per_sample)
+    result = MitigationResult(method, fit, test, val.frame(), {})
+    if export and patched is not None:
+        result.export = _export(patched, split["test"], out)
+    if patched is not None:
         patched.remove()
-    check = {"deployed_weights_sha256_before": weights_hash, "deployed_weights_sha256_after": state_dict_hash(net),
-             "model_folder_sha256_before": model_hash, "model_folder_sha256_after": folder_hash(model)}
-    check["unchanged"] = (check["deployed_weights_sha256_before"] == check["deployed_weights_sha256_after"]
-                          and check["model_folder_sha256_before"] == check["model_folder_sha256_after"])
-    write_json(out / "frozen_check.json", check)
-    result["check"] = check
+    result.check = frozen.verify(fit.deployed, **(fit.extra if method == "apple" else {}))
+    runfolder.write_frozen_check(out, result.check)
     if distributed.is_main():
         write_reports(out)  # report.html, report.md, tables/, plots/
-    return result
-
-
-def _evaluate(patched, split: dict, groups: GroupSpec, seed: int, out: Path) -> dict:
-    """Test and val metrics of the patched model, the deployed model's test metrics, test leakage."""
-    result: dict = {}
-    for name, sub in (("test", ""), ("val", "val")):
-        summary, auc, scores = evaluate_patched(patched, split[name], groups, seed)
-        folder = out / sub if sub else out
-        write_json(folder / "metrics.json", summary)
-        write_csv(folder / "per_sample.csv", scores)
-        result[name] = {"metrics": summary, "probe_auc": auc}
-    patched.enabled = False
-    try:
-        before, auc_before, scores = evaluate_patched(patched, split["test"], groups, seed)
-    finally:
-        patched.enabled = True
-    write_json(out / "deployed" / "metrics.json", before)
-    write_csv(out / "deployed" / "per_sample.csv", scores)
-    result["deployed"] = {"metrics": before, "probe_auc": auc_before}
-    leakage = {"split": "test", "sites": patched.sites, "probe": "logistic regression on pooled mean/std, 5-fold CV",
-               "auc_before": auc_before, "auc_after": result["test"]["probe_auc"]}
-    write_json(out / "leakage.json", leakage)
     return result
 
 
@@ -154,10 +172,10 @@ def _export(patched, dataset: SegmentationDataset, out: Path) -> dict:
 
     example = torch.stack([dataset[i]["image"] for i in range(min(2, len(dataset)))])
     patched = patched.cpu()  # exported files are CPU artefacts, portable to any runtime
-    ts = export_torchscript(patched, example, out / "mitigated.torchscript.pt")
+    ts = export_torchscript(patched, example, out / runfolder.TORCHSCRIPT)
     info: dict = {"torchscript": ts.name}
     try:
-        onnx_path = export_onnx(patched, example, out / "mitigated.onnx")
+        onnx_path = export_onnx(patched, example, out / runfolder.ONNX)
         info["onnx"] = onnx_path.name
     except Exception as exc:  # noqa: BLE001 - ONNX support depends on optional packages and the model's ops
         log.warning("ONNX export failed: %s", exc)
@@ -167,34 +185,8 @@ def _export(patched, dataset: SegmentationDataset, out: Path) -> dict:
         info.update(check_export(patched, example, ts, onnx_path))
     except ImportError as exc:
         info["onnx_check_error"] = str(exc)
-    write_json(out / "export.json", info)
+    runfolder.write_record(out / runfolder.EXPORT, info)
     return info
-
-
-def _run_baseline(net, spec, split: dict, groups: GroupSpec, cfg: AppleConfig, method: str, options: dict,
-                  out: Path, quiet: bool) -> dict:
-    """Another mitigation method through `applefair.baselines` (same budget: epochs, batch size, seed)."""
-    try:
-        from applefair.baselines import Budget, get_method
-    except ImportError:
-        raise InputError(f"--method {method}: baselines are not available in this installation "
-                         "(only 'apple')") from None
-    from applefair.metrics.evaluate import predict_scores
-    from applefair.metrics.fairness import fairness_summary
-
-    impl = get_method(method)
-    budget = Budget(epochs=cfg.epochs, batch_size=cfg.batch_size, seed=cfg.seed, tolerance=cfg.tolerance)
-    fit = impl.fit(net, spec, split["train"], split["val"], groups, budget, options=options, quiet=quiet)
-    result: dict = {"method": method, "selected_epoch": fit.selected_epoch}
-    for name, sub in (("test", ""), ("val", "val")):
-        scores = predict_scores(fit.model, split[name], groups)
-        summary = fairness_summary(scores, groups.attribute, groups.groups)
-        folder = out / sub if sub else out
-        write_json(folder / "metrics.json", summary)
-        write_csv(folder / "per_sample.csv", scores)
-        result[name] = {"metrics": summary}
-    write_csv(out / "history.csv", pd.DataFrame(fit.history))
-    return result
 
 
 def _plot_curves(path: Path, history: list[dict]) -> None:
@@ -203,6 +195,7 @@ def _plot_curves(path: Path, history: list[dict]) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import pandas as pd
 
     from applefair.engine.io import atomic_path
 

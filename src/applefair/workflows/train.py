@@ -9,26 +9,24 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
-from dataclasses import asdict
-from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from dataclasses import dataclass, field
+from typing import Literal
 
-import pandas as pd
-import torch
 from pydantic import Field
+from torch import nn
 
-from applefair._version import __version__
+from applefair.data import GroupSpec, SegmentationDataset, load_dataset
 from applefair.data.formats import parse_key_values
+from applefair.engine import distributed, runfolder
 from applefair.engine.config import Device, Settings
-from applefair.engine.io import resumable_dir, write_csv, write_yaml
-from applefair.engine.runinfo import run_info
+from applefair.engine.device import resolve_device
+from applefair.engine.runfolder import CHECKPOINT
+from applefair.errors import InputError
 from applefair.models.checkpoints import load_checkpoint
-from applefair.models.registry import create_segmentor, save_model_dir
-
-if TYPE_CHECKING:
-    from applefair.training.erm import TrainConfig
+from applefair.models.registry import ModelSpec, create_segmentor, save_model_dir
+from applefair.training.erm import TrainConfig, check_resume, resume_key, train_segmentor
+from applefair.workflows._common import logged, provenance
 
 log = logging.getLogger("applefair")
 
@@ -56,7 +54,6 @@ class TrainSettings(Settings):
 
     def train_config(self, device: str) -> TrainConfig:
         from applefair.data.augment import parse_augment
-        from applefair.training.erm import TrainConfig
 
         parse_augment(self.augment)
         lr = self.lr if self.lr is not None else (1e-2 if self.optimizer == "sgd" else 2e-3)
@@ -64,53 +61,81 @@ class TrainSettings(Settings):
                            seed=self.seed, augment=self.augment, optimizer=self.optimizer, device=device)
 
 
-def run_train(data: str | os.PathLike, model: str, out: str | os.PathLike, cfg: TrainConfig, *,
-              tiny: bool = False, model_args: dict | None = None, checkpoint: str | os.PathLike | None = None,
-              data_format: str | None = None, data_options: dict | None = None, size: int | None = None,
-              attribute: str | None = None, overwrite: bool = False, quiet: bool = False,
-              resume: bool = False) -> dict:
-    """Train (or, with 0 epochs, just import a checkpoint into) a zoo model; write the model folder
-    (model.safetensors, model.yaml, config.yaml, history.csv, run.log). `resume` continues the
-    interrupted run of `out` from its last epoch's checkpoint (same settings required).
+@dataclass
+class TrainedModel:
+    """A segmentor trained (or imported) to be deployed, and how its training went."""
 
-    Returns {"spec", "history", "best_val_dice", "seconds"}.
-    """
-    from applefair.data import GroupSpec, SegmentationDataset, load_dataset
-    from applefair.engine.logs import run_logging
-    from applefair.training.erm import CHECKPOINT, check_resume, resume_key, train_segmentor
+    net: nn.Module
+    spec: ModelSpec
+    history: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
 
-    started = time.time()
-    net, spec = create_segmentor(model, tiny=tiny, seed=cfg.seed, **(model_args or {}))
+    @property
+    def best_val_dice(self) -> float:
+        return max((h["val_dice"] for h in self.history), default=float("nan"))
+
+
+def build_model(name: str, *, tiny: bool = False, args: dict | None = None, seed: int = 0,
+                checkpoint: str | os.PathLike | None = None) -> tuple[nn.Module, ModelSpec]:
+    """Zoo model `name`, initialised from `seed` alone, with `checkpoint`'s weights when given."""
+    net, spec = create_segmentor(name, tiny=tiny, seed=seed, **(args or {}))
     if checkpoint is not None:
         load_checkpoint(net, spec.name, checkpoint)
-    with resumable_dir(out, CHECKPOINT, overwrite=overwrite, resume=resume) as (stage, resuming):
-        with run_logging(stage):
-            config = {"command": "train", "argv": sys.argv, "applefair": __version__,
-                      "torch": torch.__version__, "data": str(data) if data else None, "format": data_format,
-                      "options": data_options or {}, "size": size, "attribute": attribute, "model": model,
-                      "tiny": tiny, "model_args": spec.args, "checkpoint": str(checkpoint) if checkpoint else None,
-                      "train": asdict(cfg), "run": run_info()}
+    return net, spec
+
+
+def train_deployed(net: nn.Module, spec: ModelSpec, split: dict[str, SegmentationDataset] | None, groups,
+                   cfg: TrainConfig, *, quiet: bool = True, run_dir: str | os.PathLike | None = None,
+                   resume: bool = False, run_key: dict | None = None) -> TrainedModel:
+    """ERM training of `net` on `split` (train and val) for `cfg.epochs` epochs (none: `net` as it is);
+    the step `train`, `demo`, `compare` and `bench` share."""
+    started = time.perf_counter()
+    history: list[dict] = []
+    if cfg.epochs > 0:
+        _, history = train_segmentor(net, split["train"], split["val"], groups, cfg, quiet=quiet, run_dir=run_dir,
+                                     resume=resume, run_key=run_key)
+    return TrainedModel(net, spec, history, time.perf_counter() - started)
+
+
+def run_train(st: TrainSettings, out: str | os.PathLike, *, overwrite: bool = False, quiet: bool = False,
+              resume: bool = False) -> TrainedModel:
+    """Train (or, with 0 epochs, just import a checkpoint into) a zoo model; write the model folder
+    (model.safetensors, model.yaml, config.yaml, history.csv, run.log). `resume` continues the
+    interrupted run of `out` from its last epoch's checkpoint (same settings required)."""
+    if not st.model:
+        raise InputError("--model is required (a zoo name, see `applefair models list`)")
+    if st.epochs > 0 and st.data is None:
+        raise InputError("--data is required to train (or give --epochs 0 with --checkpoint)")
+    if st.epochs == 0 and st.checkpoint is None:
+        raise InputError("--epochs 0 only imports weights: give --checkpoint FILE")
+    cfg = st.train_config(str(resolve_device(st.device)))
+    net, spec = build_model(st.model, tiny=st.tiny, args=st.args, seed=cfg.seed, checkpoint=st.checkpoint)
+    with distributed.rank_resumable(out, CHECKPOINT, overwrite=overwrite, resume=resume) as (stage, resuming):
+        with logged(stage):
+            config = provenance("train", data=st.data, format=st.format, options=st.options, size=st.size,
+                                attribute=st.attribute, model=st.model, tiny=st.tiny, model_args=spec.args,
+                                checkpoint=st.checkpoint, train=cfg.to_dict())
             key = {k: config[k] for k in ("data", "format", "options", "size", "attribute", "model", "tiny",
                                           "model_args", "checkpoint")}
             if resuming:  # before anything of the interrupted run is rewritten
                 check_resume(stage / CHECKPOINT, resume_key(cfg, key))
                 log.info("resuming %s", stage)
-            write_yaml(stage / "config.yaml", config)
+            runfolder.write_config(stage, config)
             log.info("config %s", config)
-            history: list[dict] = []
+            split, groups = None, None
             if cfg.epochs > 0:
-                frame = load_dataset(data, format=data_format, **(data_options or {}))
-                groups = GroupSpec(attribute).fit(frame) if attribute else None
-                split = {s: SegmentationDataset(frame, groups, s, size=size) for s in ("train", "val")}
-                eval_groups = groups or _NoGroups()
-                _, history = train_segmentor(net, split["train"], split["val"], eval_groups, cfg, quiet=quiet,
-                                             run_dir=stage, resume=resuming, run_key=key)
-                write_csv(stage / "history.csv", pd.DataFrame(history))
-            net.to("cpu")
-            save_model_dir(stage, net, spec)
+                frame = load_dataset(st.data, format=st.format, **st.options)
+                labelled = GroupSpec(st.attribute).fit(frame) if st.attribute else None
+                split = {s: SegmentationDataset(frame, labelled, s, size=st.size) for s in ("train", "val")}
+                groups = labelled or _NoGroups()
+            trained = train_deployed(net, spec, split, groups, cfg, quiet=quiet, run_dir=stage, resume=resuming,
+                                     run_key=key)
+            if trained.history:
+                runfolder.write_history(stage, trained.history)
+            trained.net.to("cpu")
+            save_model_dir(stage, trained.net, trained.spec)
         (stage / CHECKPOINT).unlink(missing_ok=True)  # the finished folder is a model folder, not a resume point
-    best = max((h["val_dice"] for h in history), default=float("nan"))
-    return {"spec": spec, "history": history, "best_val_dice": best, "seconds": time.time() - started}
+    return trained
 
 
 class _NoGroups:
@@ -128,9 +153,3 @@ class _NoGroups:
 def parse_model_args(items: list[str] | None) -> dict:
     """CLI ``--arg key=value`` pairs -> constructor arguments (values parsed as YAML)."""
     return parse_key_values(items, "--arg", "variant=vit_b or channels=[16,32,64]")
-
-
-def model_folder(path: str | os.PathLike) -> Path | None:
-    """`path` if it is a model folder, else None."""
-    p = Path(path)
-    return p if (p / "model.yaml").is_file() else None

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict
 from pathlib import Path
 
+from applefair.engine.io import write_json, write_text
+from applefair.engine.runfolder import BENCH_JSON, BENCH_MD
+from applefair.errors import InputError
 from applefair.workflows.bench.config import TARGETS, BenchConfig
 from applefair.workflows.bench.measure import attempt, machine
 from applefair.workflows.bench.workloads import evaluation_throughput, inference_overhead, mitigation_cost, scaling
@@ -24,7 +27,7 @@ def run_bench(cfg: BenchConfig, quiet: bool = True, step: Callable[[str], None] 
     """Every measurement; returns the bench.json content (see docs/performance.md)."""
     t0, c0 = time.perf_counter(), time.process_time()
     note = step or (lambda _s: None)
-    result: dict = {"machine": machine(), "config": asdict(cfg), "targets": dict(TARGETS)}
+    result: dict = {"machine": machine(), "config": cfg.to_dict(), "targets": dict(TARGETS)}
     want = set(cfg.sections)
     with _workdir() as work:
         if "mitigation" in want:
@@ -90,3 +93,20 @@ def _inference(cfg: BenchConfig, result: dict) -> None:
                         ("inference_flops_ratio", "flops_ratio")):
         vals = [v[field_] for v in inference.values() if field_ in v]
         result[key] = max(vals) if vals else None  # the worse of the two models
+
+
+def check_out(out: str | os.PathLike) -> None:
+    """Bad input before minutes of measuring: `out` must be a folder (or not exist yet)."""
+    if Path(out).exists() and not Path(out).is_dir():
+        raise InputError(f"{out}: exists and is not a folder (expected an output folder for {BENCH_JSON})")
+
+
+def write_bench(out: str | os.PathLike, result: dict, command: str) -> None:
+    """bench.json (every number) and bench.md (the same as tables) in folder `out`."""
+    from applefair.workflows.bench.tables import markdown
+
+    out = Path(out)
+    check_out(out)
+    result["command"] = command
+    write_json(out / BENCH_JSON, result)
+    write_text(out / BENCH_MD, markdown(result, command))

@@ -3,7 +3,6 @@ APPLE epochs vs data-set and image size, and evaluation throughput."""
 
 from __future__ import annotations
 
-import logging
 import statistics
 import tempfile
 import time
@@ -18,6 +17,7 @@ from applefair.data.manifest import SegmentationDataset, read_manifest
 from applefair.data.synthetic import generate
 from applefair.engine.device import to_device
 from applefair.engine.io import write_csv
+from applefair.engine.runfolder import MANIFEST
 from applefair.workflows.bench.config import BenchConfig
 from applefair.workflows.bench.measure import Measure, attempt
 
@@ -59,7 +59,7 @@ def mitigation_cost(cfg: BenchConfig, work: Path, model: str = "unet", tiny: boo
     from applefair.training.erm import TrainConfig, train_segmentor
 
     folder = work / "cost"
-    manifest = folder / "manifest.csv" if (folder / "manifest.csv").is_file() else \
+    manifest = folder / MANIFEST if (folder / MANIFEST).is_file() else \
         generate(folder, n=cfg.n, size=cfg.size, seed=cfg.seed)
     split, groups = load_splits(manifest)
     dev = torch.device(cfg.device)
@@ -212,21 +212,9 @@ def inference_overhead(name: str, size: int, repeats: int, tiny: bool = False, s
 # ----------------------------------------------------------------------------- 3. scaling
 
 
-class _EpochClock(logging.Handler):
-    """Timestamps of the trainer's per-epoch log lines ('apple epoch N ...')."""
-
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.stamps: list[float] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if str(record.msg).startswith("apple epoch"):
-            self.stamps.append(time.perf_counter())
-
-
 def apple_epoch_cost(train: SegmentationDataset, val: SegmentationDataset, groups: GroupSpec, cache: str,
                       work: Path, seed: int, epochs: int = 2, tiny: bool = False, device: str = "cpu") -> dict:
-    """Seconds per APPLE epoch on `train`: the time between the trainer's last two epoch log lines
+    """Seconds per APPLE epoch on `train`: the time between the trainer's last two epoch callbacks
     (one game epoch after the discriminator warm-up, plus its validation on the small fixed `val`);
     cache build, epoch-0 validation and the warm-up epoch are reported apart (`until_first_epoch_s`)."""
     from applefair.apple.config import AppleConfig
@@ -238,26 +226,20 @@ def apple_epoch_cost(train: SegmentationDataset, val: SegmentationDataset, group
     net.to(device)  # APPLE trains on the device of the deployed network
     run_dir = Path(tempfile.mkdtemp(dir=work, prefix=f"apple-{cache}-"))
     cfg = AppleConfig(epochs=epochs, seed=seed, cache=cache, augment=False, selection="last")
-    logger = logging.getLogger("applefair")
-    clock, level = _EpochClock(), logger.level
-    logger.addHandler(clock)
-    logger.setLevel(logging.INFO)
-    try:
-        with Measure() as m:
-            train_apple(net, spec.site, train, val, groups, cfg, quiet=True, run_dir=run_dir)
-    finally:
-        logger.removeHandler(clock)
-        logger.setLevel(level)
+    stamps: list[float] = []
+    with Measure() as m:
+        train_apple(net, spec.site, train, val, groups, cfg, quiet=True, run_dir=run_dir,
+                    on_epoch=lambda _row: stamps.append(time.perf_counter()))
     out = {"n": len(train), "cache": cache, "epochs": epochs, "device": str(device), "total_s": round(m.seconds, 3),
            "total_cpu_s": round(m.cpu_seconds, 3),
            "peak_rss_mb": round(m.peak_mb, 1), "peak_rss_delta_mb": round(m.delta_mb, 1),
            "cuda_peak_mb": None if m.cuda_peak_mb is None else round(m.cuda_peak_mb, 1)}
-    if len(clock.stamps) >= 2:
-        out["s_per_epoch"] = round((clock.stamps[-1] - clock.stamps[-2]), 3)
-        out["until_first_epoch_s"] = round(clock.stamps[0] - m.start_time, 3)  # cache build, warm-up epoch
+    if len(stamps) >= 2:
+        out["s_per_epoch"] = round((stamps[-1] - stamps[-2]), 3)
+        out["until_first_epoch_s"] = round(stamps[0] - m.start_time, 3)  # cache build, warm-up epoch
     else:
         out["s_per_epoch"] = None
-        out["s_per_epoch_reason"] = "the trainer logged fewer than 2 'apple epoch' lines"
+        out["s_per_epoch_reason"] = "the trainer ran fewer than 2 epochs"
     return out
 
 

@@ -10,14 +10,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from applefair.engine.io import staged_dir, write_csv, write_json
+from applefair.engine import runfolder
+from applefair.engine.io import staged_dir
+from applefair.engine.runfolder import read_json_or_none
 from applefair.workflows.compare.settings import CompareSettings, DatasetSpec, SegmentorSpec
 
-DEPLOYED = "deployed"
+DEPLOYED = runfolder.DEPLOYED  # the pseudo-method of the unchanged model (its cells and its model folders)
 
 
 def cell_dir(out: Path, dataset: str, segmentor: str, method: str, seed: int) -> Path:
-    return out / "cells" / dataset / segmentor / method / f"seed{seed}"
+    return out / runfolder.CELLS / dataset / segmentor / method / f"seed{seed}"
 
 
 def _hash(obj) -> str:
@@ -37,32 +39,22 @@ def cell_key(settings: CompareSettings, ds: DatasetSpec, seg: SegmentorSpec, met
 def read_result(path: Path) -> dict | None:
     """A cell's record; None when missing or unreadable, and for a 'done' cell whose scores are gone
     (a damaged cell is redone, never taken as finished)."""
-    record = read_json_or_none(path / "result.json")
+    record = read_json_or_none(path / runfolder.CELL_RESULT)
     if record is not None and record.get("status") == "done":
-        if read_json_or_none(path / "metrics.json") is None or not (path / "per_sample.csv").is_file():
+        if read_json_or_none(path / runfolder.METRICS) is None or not (path / runfolder.PER_SAMPLE).is_file():
             return None
     return record
 
 
-def read_json_or_none(f: Path) -> dict | None:
-    if not f.is_file():
-        return None
-    try:
-        return json.loads(f.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-
-
 def write_cell(folder: Path, record: dict, scores: pd.DataFrame | None = None, summary: dict | None = None,
                history: list[dict] | None = None) -> None:
+    """The cell's folder, atomically: its scores, metrics and history (when it finished) and its record."""
     with staged_dir(folder, overwrite=True) as stage:
-        if scores is not None:
-            write_csv(stage / "per_sample.csv", scores)
-        if summary is not None:
-            write_json(stage / "metrics.json", summary)
+        if scores is not None and summary is not None:
+            runfolder.write_evaluation(stage, summary, scores, strict=False)
         if history:
-            write_csv(stage / "history.csv", pd.DataFrame(history))
-        write_json(stage / "result.json", record)
+            runfolder.write_history(stage, history)
+        runfolder.write_record(stage / runfolder.CELL_RESULT, record, strict=False)
 
 
 def plan(settings: CompareSettings, only: Mapping[str, list] | None = None) -> list[tuple]:

@@ -28,28 +28,29 @@ import pandas as pd
 import torch
 
 from applefair.baselines import get_method
-from applefair.baselines.base import Budget, FitResult
+from applefair.baselines.base import Budget
 from applefair.data.groups import GroupSpec
 from applefair.data.manifest import SegmentationDataset, read_manifest
-from applefair.engine.io import staged_dir, state_dict_hash, write_json
+from applefair.engine import runfolder
+from applefair.engine.io import staged_dir
+from applefair.engine.runfolder import read_json_or_none
 from applefair.errors import InputError, OutputError
-from applefair.metrics.evaluate import predict_scores
-from applefair.metrics.fairness import fairness_summary
-from applefair.metrics.leakage import pool_latent, probe_auc
-from applefair.models.registry import create_segmentor, load_model_dir, save_model_dir
-from applefair.models.sites import find_module
-from applefair.training.erm import TrainConfig, train_segmentor
+from applefair.metrics.evaluate import score
+from applefair.models.registry import is_model_folder, load_model_dir, save_model_dir
+from applefair.models.sites import site_modules
+from applefair.training.erm import TrainConfig
+from applefair.workflows._common import FrozenCheck
 from applefair.workflows.compare.cells import (
     DEPLOYED,
     cell_dir,
     cell_key,
     plan,
-    read_json_or_none,
     read_result,
     write_cell,
 )
 from applefair.workflows.compare.settings import CompareSettings, DatasetSpec, SegmentorSpec
 from applefair.workflows.compare.table import write_tables
+from applefair.workflows.train import build_model, train_deployed
 
 log = logging.getLogger("applefair")
 
@@ -59,8 +60,8 @@ def prepare_dataset(ds: DatasetSpec, root: Path, out: Path) -> tuple[pd.DataFram
     if ds.synthetic is not None:
         from applefair.data.synthetic import generate
 
-        folder = out / "data" / ds.name
-        if not (folder / "manifest.csv").is_file():
+        folder = out / runfolder.DATA / ds.name
+        if not (folder / runfolder.MANIFEST).is_file():
             allowed = set(inspect.signature(generate).parameters) - {"out_dir"}
             bad = sorted(set(ds.synthetic) - allowed)
             if bad:
@@ -68,7 +69,7 @@ def prepare_dataset(ds: DatasetSpec, root: Path, out: Path) -> tuple[pd.DataFram
                                  f"(expected: {', '.join(sorted(allowed))})")
             with staged_dir(folder, overwrite=True) as stage:
                 generate(stage, **ds.synthetic)
-        manifest = folder / "manifest.csv"
+        manifest = folder / runfolder.MANIFEST
     else:
         manifest = Path(ds.manifest)
         manifest = manifest if manifest.is_absolute() else root / manifest
@@ -83,62 +84,45 @@ def deployed_model(settings: CompareSettings, seg: SegmentorSpec, split: Mapping
                    device: torch.device | str = "cpu"):
     """Load the deployed model of this (dataset, segmentor, seed), training it by ERM first if needed
     (or again, if it was trained under other settings)."""
-    info = read_json_or_none(folder / "train.json")
-    if not (folder / "model.yaml").is_file() or info is None or info.get("key") != key:
-        net, spec = create_segmentor(seg.name, tiny=seg.tiny, seed=seed, **seg.args)
+    info = read_json_or_none(folder / runfolder.DEPLOY_INFO)
+    if not is_model_folder(folder) or info is None or info.get("key") != key:
         d = settings.deploy
         cfg = TrainConfig(epochs=d.epochs, batch_size=d.batch_size, lr=d.lr, weight_decay=d.weight_decay,
                           seed=seed, augment=d.augment, device=str(device))
-        started = time.perf_counter()
-        train_segmentor(net, split["train"], split["val"], groups, cfg, quiet=quiet)
+        net, spec = build_model(seg.name, tiny=seg.tiny, args=seg.args, seed=seed)
+        trained = train_deployed(net, spec, split, groups, cfg, quiet=quiet)
         with staged_dir(folder, overwrite=True) as stage:
             save_model_dir(stage, net, spec)
-            write_json(stage / "train.json", {"seconds": time.perf_counter() - started, "config": d.model_dump(),
-                                              "seed": seed, "key": key})
+            runfolder.write_record(stage / runfolder.DEPLOY_INFO, {"seconds": trained.seconds, "config": d.model_dump(),
+                                                                   "seed": seed, "key": key})
     net, spec = load_model_dir(folder)
     return net.to(device).eval(), spec
 
 
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, latent_module: torch.nn.Module | None, test: SegmentationDataset,
-             groups: GroupSpec, leakage: bool, seed: int) -> tuple[pd.DataFrame, dict, float]:
-    """Per-sample scores, their summary, and the fresh-probe AUC on the latent the decoder sees."""
-    feats: list[torch.Tensor] = []
-    handle = None
-    if leakage and latent_module is not None:
-        handle = latent_module.register_forward_hook(
-            lambda _m, _i, o: feats.append(pool_latent(o.detach().float()).cpu()))
-    try:
-        scores = predict_scores(model, test, groups)
-    finally:
-        if handle is not None:
-            handle.remove()
-    summary = fairness_summary(scores, groups.attribute, groups.groups)
-    auc = float("nan")
-    if feats and sum(len(f) for f in feats) == len(test):
-        auc = probe_auc(torch.cat(feats).numpy(), test.group_ids, seed=seed)
-    return scores, summary, auc
-
-
 def run_cell(settings: CompareSettings, method: str, net, spec, split, groups, seed: int,
-             quiet: bool) -> tuple[dict, pd.DataFrame, dict, list[dict]]:
-    """Fit one method (or evaluate the deployed model) and evaluate it on the test split."""
+             quiet: bool, frozen: FrozenCheck | None = None) -> tuple[dict, pd.DataFrame, dict, list[dict]]:
+    """Fit one method (or evaluate the deployed model) and evaluate it on the test split.
+
+    `frozen`: the deployed model's hash taken when it was loaded (one per block of cells)."""
+    frozen = frozen or FrozenCheck(net)
     if method == DEPLOYED:
-        scores, summary, auc = evaluate(net, find_module(net, spec.site), split["test"], groups,
-                                        settings.leakage, seed)
-        return ({"trainable_params": 0, "seconds": 0.0, "frozen": True, "selected_epoch": 0, "leakage_auc": auc},
-                scores, summary, [])
-    mspec = next(m for m in settings.methods if m.name == method)
-    budget = Budget.from_dict({**settings.budget, "seed": seed})
-    before = state_dict_hash(net)
-    fit: FitResult = get_method(method).fit(net, spec, split["train"], split["val"], groups, budget,
-                                            mspec.options, quiet=quiet)
-    if state_dict_hash(net) != before:
-        raise RuntimeError(f"method '{method}' changed the deployed model it was given")
-    scores, summary, auc = evaluate(fit.model, fit.latent_module, split["test"], groups, settings.leakage, seed)
+        model, sites, fit = net, [spec.site], None
+    else:
+        mspec = next(m for m in settings.methods if m.name == method)
+        budget = Budget.from_dict({**settings.budget, "seed": seed})
+        fit = get_method(method).fit(net, spec, split["train"], split["val"], groups, budget, mspec.options,
+                                     quiet=quiet)
+        frozen.verify(fit.deployed)  # neither the model given nor a frozen copy inside the result changed
+        model, sites = fit.model, fit.latent_sites
+    scored = score(model, split["test"], groups, capture=site_modules(model, sites) if settings.leakage and sites
+                   else {})
+    auc = scored.probe_auc(seed=seed)
+    if fit is None:
+        record = {"trainable_params": 0, "seconds": 0.0, "frozen": True, "selected_epoch": 0, "leakage_auc": auc}
+        return record, scored.per_sample, scored.frame().to_dict(), []
     record = {"trainable_params": fit.trainable_params, "seconds": fit.seconds, "frozen": fit.frozen,
               "selected_epoch": fit.selected_epoch, "leakage_auc": auc, "extra": fit.extra}
-    return record, scores, summary, fit.history
+    return record, scored.per_sample, scored.frame().to_dict(), fit.history
 
 
 def run_cells(settings: CompareSettings, root: Path, out: Path, only: Mapping[str, list] | None,
@@ -149,6 +133,7 @@ def run_cells(settings: CompareSettings, root: Path, out: Path, only: Mapping[st
     counts = {"run": 0, "skipped": 0, "failed": 0, "left": 0}
     cache: dict = {}
     deploy_errors: dict[tuple, str] = {}  # a deployed model that failed once is not retried for every method
+    loaded: dict[tuple, tuple] = {}
     last_table = time.time()
     for seed, ds, seg, method in plan(settings, only):
         folder = cell_dir(out, ds.name, seg.key, method, seed)
@@ -171,17 +156,20 @@ def run_cells(settings: CompareSettings, root: Path, out: Path, only: Mapping[st
         try:
             if (ds.name, seg.key, seed) in deploy_errors:
                 raise RuntimeError(f"deployed model could not be built: {deploy_errors[(ds.name, seg.key, seed)]}")
-            where = out / "deployed" / ds.name / seg.key / f"seed{seed}"
-            try:
-                net, spec = deployed_model(settings, seg, split, groups, where, seed, quiet, cell_key(settings, ds, seg,
-                                                                                                   DEPLOYED, seed),
-                                             device=dev)
-            except InputError:
-                raise
-            except Exception as exc:
-                deploy_errors[(ds.name, seg.key, seed)] = f"{type(exc).__name__}: {str(exc).strip()[:300]}"
-                raise
-            res, scores, summary, history = run_cell(settings, method, net, spec, split, groups, seed, quiet)
+            block = (ds.name, seg.key, seed)
+            if block not in loaded:  # one deployed model (and one hash of it) per block of cells
+                where = out / runfolder.DEPLOYED / ds.name / seg.key / f"seed{seed}"
+                try:
+                    net, spec = deployed_model(settings, seg, split, groups, where, seed, quiet,
+                                               cell_key(settings, ds, seg, DEPLOYED, seed), device=dev)
+                except InputError:
+                    raise
+                except Exception as exc:
+                    deploy_errors[block] = f"{type(exc).__name__}: {str(exc).strip()[:300]}"
+                    raise
+                loaded = {block: (net, spec, FrozenCheck(net))}
+            net, spec, frozen = loaded[block]
+            res, scores, summary, history = run_cell(settings, method, net, spec, split, groups, seed, quiet, frozen)
             write_cell(folder, {**record, "status": "done", **res, "wall_seconds": time.time() - t0},
                        scores, summary, history)
             counts["run"] += 1

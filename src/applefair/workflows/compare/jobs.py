@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from applefair.engine.progress import progress_bar
+from applefair.engine.runfolder import COMPARE_LOG
 from applefair.workflows.compare.cells import plan
 from applefair.workflows.compare.settings import CompareSettings
 
@@ -73,7 +74,7 @@ def run_blocks(settings: CompareSettings, root: Path, out: Path, only: Mapping[s
         task = bar.add_task(f"compare ({jobs} jobs)", total=len(todo), info="")
         futures = {pool.submit(_worker, settings.model_dump(), str(root), str(out),
                                {**base, "seeds": [seed], "datasets": [ds], "segmentors": [seg]},
-                               deadline, device, threads, str(out / "compare.log")): (seed, ds, seg)
+                               deadline, device, threads, str(out / COMPARE_LOG)): (seed, ds, seg)
                    for seed, ds, seg in todo}
         for fut in as_completed(futures):
             seed, ds, seg = futures[fut]

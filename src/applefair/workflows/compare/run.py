@@ -11,7 +11,8 @@ import torch
 
 from applefair.engine import distributed
 from applefair.engine.device import resolve_device
-from applefair.engine.io import write_yaml
+from applefair.engine.logs import run_logging
+from applefair.engine.runfolder import COMPARE_LOG, write_config
 from applefair.engine.runinfo import run_info
 from applefair.errors import InputError
 from applefair.report import write_reports
@@ -39,13 +40,14 @@ def run_compare(settings: CompareSettings, root: Path, out: str | os.PathLike, o
     dev = resolve_device(device)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_yaml(out / "config.yaml", {**settings.model_dump(), "run": {**run_info(), "device": str(dev), "jobs": jobs}})
+    write_config(out, {**settings.model_dump(), "run": {**run_info(), "device": str(dev), "jobs": jobs}})
     deadline = None if time_limit_min is None else time.time() + 60 * time_limit_min
-    if jobs > 1:
-        counts = run_blocks(settings, root, out, only, deadline, quiet, str(dev), jobs)
-    else:
-        torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
-        counts = run_cells(settings, root, out, only, deadline, quiet, dev, table_every_s)
-    write_tables(settings, out)
-    write_reports(out)  # report.html / report.md with the trade-off plot across methods
+    with run_logging(out, COMPARE_LOG):
+        if jobs > 1:
+            counts = run_blocks(settings, root, out, only, deadline, quiet, str(dev), jobs)
+        else:
+            torch.set_num_threads(max(1, min(torch.get_num_threads(), os.cpu_count() or 1)))
+            counts = run_cells(settings, root, out, only, deadline, quiet, dev, table_every_s)
+        write_tables(settings, out)
+        write_reports(out)  # report.html / report.md with the trade-off plot across methods
     return counts

@@ -11,13 +11,13 @@ paired stratified-bootstrap interval of that seed does.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from applefair.engine import runfolder
 from applefair.engine.io import write_csv, write_text
 from applefair.metrics.compare import aggregate_comparisons, format_mean_std, paired_comparison
 from applefair.workflows.compare.cells import DEPLOYED, cell_dir, cell_key, read_result
@@ -35,7 +35,7 @@ def _cell_row(folder: Path, record: dict | None) -> dict:
     if row["status"] != "done":
         row["error"] = record.get("error", "")
         return row
-    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics = runfolder.read_json(folder / runfolder.METRICS)
     row.update(dice=metrics["overall"]["dice"], iou=metrics["overall"]["iou"])
     for g, v in metrics["groups"].items():
         row[f"dice[{g}]"] = v["dice"]
@@ -67,8 +67,7 @@ def _comparison(out: Path, row: pd.Series, erm_row: pd.Series, groups: list[str]
     b = cell_dir(out, row["dataset"], row["segmentor"], row["method"], int(row["seed"]))
     key = (str(a), str(b), read_result(a).get("key"), read_result(b).get("key"), settings.bootstrap, settings.level)
     if key not in _CACHE:
-        before = pd.read_csv(a / "per_sample.csv", dtype={"id": str, "group": str}, keep_default_na=False)
-        after = pd.read_csv(b / "per_sample.csv", dtype={"id": str, "group": str}, keep_default_na=False)
+        before, after = runfolder.read_per_sample(a), runfolder.read_per_sample(b)
         _CACHE[key] = paired_comparison(before, after, groups, ["dice", "iou"], resamples=settings.bootstrap,
                                         seed=int(row["seed"]), level=settings.level)
     return _CACHE[key]
@@ -170,7 +169,7 @@ def write_tables(settings: CompareSettings, out: Path) -> pd.DataFrame:
     """(Re)write results.csv, summary.csv and results.md from the cell folders; returns the summary."""
     cells = collect(settings, out)
     summary = summarise(cells, marks(settings, out, cells))
-    write_csv(out / "results.csv", cells)
-    write_csv(out / "summary.csv", summary)
-    write_text(out / "results.md", markdown(settings, summary, cells))
+    write_csv(out / runfolder.RESULTS, cells)
+    write_csv(out / runfolder.SUMMARY, summary)
+    write_text(out / runfolder.RESULTS_MD, markdown(settings, summary, cells))
     return summary

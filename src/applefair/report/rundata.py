@@ -1,13 +1,13 @@
 """Reading a run folder into one object, whatever command wrote it.
 
-Every file is optional: demo writes before/ and after/ evaluations, evaluate writes one
-evaluation at the top level, compare writes a results table. A section of the report is
+Every file is optional: demo writes before/ and after/ evaluations, evaluate and mitigate one
+evaluation at the top level (and deployed/ beside it), compare a results table. Every file is read
+through the run-folder contract (`applefair.engine.runfolder`). A section of the report is
 shown only when its files exist; a file that exists but cannot be parsed is bad input.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -16,14 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import yaml
 
+from applefair.engine import runfolder as rf
+from applefair.engine.runfolder import read_table
 from applefair.errors import InputError
-
-# folders whose metrics.json is an evaluation, in display order; others follow alphabetically
-_EVAL_ORDER = ("before", "deployed", "after", "mitigated")
-# not test-split evaluations of the run's models (validation metrics, compare's cell tree, outputs)
-_SKIP_DIRS = {"data", "tables", "plots", "val", "validation", "train", "cells", "results", "checkpoints"}
 
 
 @dataclass
@@ -73,61 +69,19 @@ class RunData:
         return None
 
 
-def read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not valid JSON ({exc})") from None
-
-
-def read_yaml(path: Path) -> Any:
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"{path}: not valid YAML ({first})") from None
-
-
-def read_table(path: Path, **kw) -> pd.DataFrame:
-    try:
-        return pd.read_csv(path, **kw)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not a readable CSV ({exc})") from None
-
-
-def _metrics(path: Path) -> dict:
-    m = read_json(path)
-    if not isinstance(m, dict) or not isinstance(m.get("overall"), dict):
-        raise InputError(f"{path}: expected a metrics.json object with an 'overall' key")
-    m.setdefault("groups", {})
-    m.setdefault("fairness", {})
-    return m
-
-
-def _per_sample(path: Path) -> pd.DataFrame | None:
-    if not path.is_file():
-        return None
-    frame = read_table(path, dtype={"id": str, "group": str}, keep_default_na=False)
-    for col in ("group", "dice"):
-        if col not in frame.columns:
-            raise InputError(f"{path}: missing column '{col}' (found: {', '.join(map(str, frame.columns))})")
-    frame["dice"] = pd.to_numeric(frame["dice"], errors="coerce")
-    return frame
-
-
 def _evaluations(root: Path) -> list[Evaluation]:
     found: list[Evaluation] = []
     subdirs = [d for d in sorted(root.iterdir()) if d.is_dir() and not d.name.startswith(".")
-               and d.name not in _SKIP_DIRS and (d / "metrics.json").is_file()]
-    rank = {name: i for i, name in enumerate(_EVAL_ORDER)}
+               and d.name not in rf.NOT_EVALUATIONS and rf.has_evaluation(d)]
+    rank = {name: i for i, name in enumerate(rf.EVALUATION_ORDER)}
     for d in sorted(subdirs, key=lambda d: (rank.get(d.name, len(rank)), d.name)):
-        found.append(Evaluation(d.name, _metrics(d / "metrics.json"), _per_sample(d / "per_sample.csv")))
-    if (root / "metrics.json").is_file():  # evaluate: the model as given; with a patch, deployed/ is its "before"
-        top = _metrics(root / "metrics.json")
-        reference = any(e.label in ("before", "deployed") for e in found)
-        label = "patched" if top.get("patch") or (root / "patch.safetensors").is_file() else \
+        found.append(Evaluation(d.name, rf.read_metrics(d), rf.read_per_sample(d)))
+    if rf.has_evaluation(root):  # evaluate, mitigate: the model as given; with a patch, deployed/ is its "before"
+        top = rf.read_metrics(root)
+        reference = any(e.label in (rf.BEFORE, rf.DEPLOYED) for e in found)
+        label = "patched" if top.get("patch") or (root / rf.PATCH).is_file() else \
             ("mitigated" if reference else "model")
-        found.append(Evaluation(label, top, _per_sample(root / "per_sample.csv")))
+        found.append(Evaluation(label, top, rf.read_per_sample(root)))
     return found
 
 
@@ -166,7 +120,7 @@ def read_comparison(path: Path) -> pd.DataFrame:
 
 def _find_comparison(root: Path) -> Path | None:
     candidates = [*sorted(root.glob("*.csv")), *sorted((root / "results").glob("*.csv"))]
-    skip = {"per_sample.csv", "history.csv"}
+    skip = {rf.PER_SAMPLE, rf.HISTORY}
     good = []
     for p in candidates:
         if p.name in skip:
@@ -197,14 +151,14 @@ def config_path(config: dict | None, key: str) -> str | None:
 
 
 def _find_manifest(root: Path, config: dict | None) -> Path | None:
-    if (root / "data" / "manifest.csv").is_file():
-        return root / "data" / "manifest.csv"
+    if (root / rf.DATA / rf.MANIFEST).is_file():
+        return root / rf.DATA / rf.MANIFEST
     data = config_path(config, "data")
     if data:
         p = Path(data)
         p = p if p.is_absolute() else (root / p if (root / p).exists() else p)
         if p.is_dir():
-            p = p / "manifest.csv"
+            p = p / rf.MANIFEST
         if p.is_file() and p.suffix == ".csv":
             return p
     return None
@@ -216,18 +170,12 @@ def load_run(root: str | os.PathLike) -> RunData:
     if not root.is_dir():
         raise InputError(f"{root}: run folder not found")
     run = RunData(root=root)
-    if (root / "config.yaml").is_file():
-        cfg = read_yaml(root / "config.yaml")
-        run.config = cfg if isinstance(cfg, dict) else {"config": cfg}
+    run.config = rf.read_config(root)
     run.evaluations = _evaluations(root)
-    for name, attr in (("leakage.json", "leakage"), ("frozen_check.json", "frozen"), ("paired.json", "paired")):
-        if (root / name).is_file():
-            value = read_json(root / name)
-            if not isinstance(value, dict):
-                raise InputError(f"{root / name}: expected a JSON object")
-            setattr(run, attr, value)
-    if (root / "history.csv").is_file():
-        run.history = read_table(root / "history.csv")
+    run.leakage = rf.read_leakage(root)  # one schema per site, whichever schema the file has
+    run.frozen = rf.read_optional_object(root, rf.FROZEN_CHECK)
+    run.paired = rf.read_optional_object(root, rf.PAIRED)
+    run.history = rf.read_history(root)
     run.manifest_path = _find_manifest(root, run.config)
     if run.manifest_path is not None:
         run.manifest = read_table(run.manifest_path, dtype=str, keep_default_na=False)

@@ -105,10 +105,9 @@ def run_one(job: dict) -> dict:
 
 def _run_one(job: dict) -> dict:
     torch.set_num_threads(1)
-    from applefair.apple import AppleConfig, train_apple
-    from applefair.apple.trainer import evaluate_patched
-    from applefair.metrics.evaluate import predict_scores
-    from applefair.metrics.fairness import fairness_summary
+    from applefair.apple import AppleConfig, train_apple, validate
+    from applefair.engine.io import state_dict_hash
+    from applefair.metrics.evaluate import score
     from applefair.models.sites import unet_skip_sites
 
     out, cfg, bias, seed, name, over = Path(job["out"]), job["cfg"], job["bias"], job["seed"], job["name"], job["over"]
@@ -118,21 +117,24 @@ def _run_one(job: dict) -> dict:
     net, spec = _deployed(out, bias, seed, cfg, split, groups)
     all_sites = list(dict.fromkeys((spec.skip_sites or (unet_skip_sites(net) if spec.name == "unet" else []))
                                    + [spec.site]))
-    before = fairness_summary(predict_scores(net, split["test"], groups), "sex", groups.groups)
+    before = score(net, split["test"], groups).frame().to_dict()
     base_auc = decoder_inputs_auc(net, net, all_sites, split["test"], seed)
     base_auc_site = decoder_inputs_auc(net, net, [spec.site], split["test"], seed)
     opts = {**cfg["apple"], **over, "seed": seed}
     if opts.get("sites") == "all":
         opts["sites"] = all_sites
-    acfg = AppleConfig.from_dict(opts)
-    patched, history, check = train_apple(net, spec.site, split["train"], split["val"], groups, acfg, quiet=True)
-    after, auc_sites, _ = evaluate_patched(patched, split["test"], groups, seed)
+    acfg = AppleConfig(**opts)
+    deployed_hash = state_dict_hash(net)
+    res = train_apple(net, spec.site, split["train"], split["val"], groups, acfg, quiet=True)
+    patched, history = res.patched, res.history
+    after_frame, auc_sites = validate(patched, split["test"], groups, seed)
+    after = after_frame.to_dict()
     auc_all = decoder_inputs_auc(patched, net, all_sites, split["test"], seed)
     last = history[-1]
     row = {"bias": bias, "seed": seed, "variant": name, "model": cfg["model"]["name"], "options": over,
            "before": {**_scores(before), "auc_site": base_auc_site, "auc_all": base_auc},
            "after": {**_scores(after), "auc_site": auc_sites, "auc_all": auc_all},
-           "selected_epoch": check["selected_epoch"], "unchanged": check["unchanged"],
+           "selected_epoch": res.selected_epoch, "unchanged": state_dict_hash(net) == deployed_hash,
            "final_train_d_acc": last.get("d_acc"), "final_val_probe_auc": last.get("probe_auc"),
            "seconds": round(time.time() - t0, 1)}
     patched.remove()

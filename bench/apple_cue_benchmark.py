@@ -108,12 +108,13 @@ def _deployed(out: Path, a: argparse.Namespace, model: str, bias: str, seed: int
 def _evaluate(model, dataset, groups, sites: list[str], seed: int, resamples: int) -> tuple[dict, pd.DataFrame]:
     """Scores with bootstrap CIs and fresh-probe AUCs (with CIs) on the decoder inputs."""
     from applefair.metrics.bootstrap import draw_indices, percentile_ci, strata_of
-    from applefair.metrics.evaluate import score_and_capture
-    from applefair.metrics.fairness import fairness_summary
+    from applefair.metrics.evaluate import score
     from applefair.metrics.leakage import probe_report
+    from applefair.models.sites import site_modules
 
-    frame, pooled = score_and_capture(model, dataset, groups, metrics=("dice",), sites=sites)
-    summary = fairness_summary(frame, groups.attribute, groups.groups, bootstrap=resamples, seed=seed)
+    scored = score(model, dataset, groups, metrics=("dice",), capture=site_modules(model, sites))
+    frame, pooled = scored.per_sample, scored.latents
+    summary = scored.frame(bootstrap=resamples, seed=seed).to_dict()
     ids = np.asarray(dataset.group_ids)
     patched = list(getattr(model, "sites", [])) or [sites[-1]]
     probes = {"site": np.concatenate([pooled[s] for s in patched], 1), "all": np.concatenate(list(pooled.values()), 1)}
@@ -161,6 +162,7 @@ def run_job(job: dict) -> dict:
 def _run_job(job: dict) -> dict:
     torch.set_num_threads(1)
     from applefair.apple import AppleConfig, train_apple
+    from applefair.engine.io import state_dict_hash
     from applefair.metrics.compare import paired_comparison
 
     a, out, seed = argparse.Namespace(**job["args"]), Path(job["out"]), job["seed"]
@@ -178,16 +180,17 @@ def _run_job(job: dict) -> dict:
     over = {**PINNED, **VARIANTS[job["variant"]]}
     if over.get("sites") == "all":
         over["sites"] = sites
-    cfg = AppleConfig.from_dict({"epochs": a.apple_epochs, "batch_size": 16, **over, "seed": seed})
-    patched, history, check = train_apple(net, spec.site, split["train"], split["val"], groups, cfg, quiet=True,
-                                          head=spec.head)
+    cfg = AppleConfig(**{"epochs": a.apple_epochs, "batch_size": 16, **over, "seed": seed})
+    deployed_hash = state_dict_hash(net)
+    res = train_apple(net, spec.site, split["train"], split["val"], groups, cfg, quiet=True, head=spec.head)
+    patched, history = res.patched, res.history
     after, after_frame = _evaluate(patched, split["test"], groups, sites, seed, a.resamples)
     paired = paired_comparison(before_frame, after_frame, groups.groups, ["dice"], resamples=a.resamples, seed=seed)
     last = history[-1]
     row.update(options=VARIANTS[job["variant"]], after=after,
                gap_change=paired["fairness"]["dice_delta"], dice_change=paired["overall"]["dice"],
                minority_change=paired["groups"]["F"]["dice"], majority_change=paired["groups"]["M"]["dice"],
-               selected_epoch=check["selected_epoch"], unchanged=check["unchanged"],
+               selected_epoch=res.selected_epoch, unchanged=state_dict_hash(net) == deployed_hash,
                final_d_acc=last.get("d_acc"), final_val_probe_auc=last.get("probe_auc"),
                history=[{k: round(float(v), 4) for k, v in h.items()} for h in history],
                seconds=round(time.time() - t0, 1))

@@ -94,13 +94,14 @@ def main() -> int:
                 before = state_dict_hash(net)
                 cfg = AppleConfig(epochs=2, seed=0, cache=cache, perturber="conv", width=8, batch_size=8)
                 run_dir = args.out / f"apple-{model}-{cache}"
-                patched, history, chk = train_apple(net, spec.site, split["train"], split["val"], groups, cfg,
-                                                    quiet=True, head=spec.head, run_dir=run_dir)
+                res = train_apple(net, spec.site, split["train"], split["val"], groups, cfg, quiet=True,
+                                  head=spec.head, run_dir=run_dir)
+                patched, history = res.patched, res.history
                 on = {str(module_device(patched.perturbers)), str(module_device(net))}
                 patched.remove()  # the next check starts from the bare deployed model
                 last = history[-1]
                 finite = all(math.isfinite(float(v)) for k, v in last.items() if isinstance(v, float))
-                return {"devices": sorted(on), "cache": chk["cache"], "frozen": state_dict_hash(net) == before,
+                return {"devices": sorted(on), "cache": res.cache, "frozen": state_dict_hash(net) == before,
                         "val_dice": round(last["val_dice"], 4), "probe_auc": round(last["probe_auc"], 3),
                         "ok": all(d.startswith(kind) for d in on) and finite and state_dict_hash(net) == before}
 
@@ -111,10 +112,9 @@ def main() -> int:
         for dev in (cuda, "cpu"):
             net.to(dev)
             cfg = AppleConfig(epochs=2, seed=0, perturber="conv", width=8, batch_size=8)
-            patched, history, _ = train_apple(net, spec.site, split["train"], split["val"], groups, cfg, quiet=True,
-                                              head=spec.head)
-            patched.remove()
-            out[dev] = history[-1]["val_dice"]
+            res = train_apple(net, spec.site, split["train"], split["val"], groups, cfg, quiet=True, head=spec.head)
+            res.patched.remove()
+            out[dev] = res.history[-1]["val_dice"]
         net.to(cuda)
         diff = abs(out[cuda] - out["cpu"])
         return {"val_dice_device": out[cuda], "val_dice_cpu": out["cpu"], "abs_diff": diff, "ok": diff < 0.02}

@@ -20,15 +20,14 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from applefair.apple.trainer import evaluate_patched  # noqa: E402
+from applefair.apple.trainer import validate  # noqa: E402
 from applefair.baselines import get_method  # noqa: E402
 from applefair.baselines.base import Budget  # noqa: E402
 from applefair.data.groups import GroupSpec  # noqa: E402
 from applefair.data.manifest import SegmentationDataset, read_manifest  # noqa: E402
 from applefair.data.synthetic import generate  # noqa: E402
 from applefair.engine.io import write_csv  # noqa: E402
-from applefair.metrics.evaluate import predict_scores  # noqa: E402
-from applefair.metrics.fairness import fairness_summary  # noqa: E402
+from applefair.metrics.evaluate import score  # noqa: E402
 from applefair.models.registry import create_segmentor  # noqa: E402
 from applefair.training.erm import TrainConfig, train_segmentor  # noqa: E402
 
@@ -63,14 +62,15 @@ def main() -> None:
             train_segmentor(net, split["train"], split["val"], groups, TrainConfig(epochs=erm_epochs, seed=seed),
                             quiet=True)
             deployed = sum(p.numel() for p in net.parameters())
-            base = fairness_summary(predict_scores(net, split["test"], groups), groups.attribute, groups.groups)
+            base = score(net, split["test"], groups).frame().to_dict()
             rows.append(_row(seed, "deployed (no patch)", 0, deployed, base, None, 0.0))
             for label, opts in VARIANTS.items():
                 t0 = time.perf_counter()
                 res = get_method("apple").fit(net, spec, split["train"], split["val"], groups,
                                               Budget(epochs=epochs, seed=seed), opts, quiet=True)
                 seconds = time.perf_counter() - t0
-                summary, auc, _ = evaluate_patched(res.model, split["test"], groups, seed)
+                frame, auc = validate(res.model, split["test"], groups, seed)
+                summary = frame.to_dict()
                 rows.append(_row(seed, label, res.trainable_params, deployed, summary, auc, seconds))
                 print(rows[-1], flush=True)
     frame = pd.DataFrame(rows)

@@ -67,7 +67,7 @@ def test_filters_and_failures_are_listed(tmp_path, monkeypatch):
     ({"methods": ["erm", "dro"]}, "method 'dro' is not known"),
     ({"segmentors": ["nounet"]}, "segmentor 'nounet' is not known"),
     ({"budget": {"epoch": 1}}, "unknown key"),
-    ({"methods": [{"name": "febs", "options": {"gama": 2}}]}, "unknown option"),
+    ({"methods": [{"name": "febs", "options": {"gama": 2}}]}, "unknown key 'gama'"),
     ({"seed": [0]}, "unknown key 'seed'"),
     ({"methods": ["erm", "erm"]}, "appears twice"),
 ])

@@ -34,7 +34,7 @@ def test_registry_names_and_errors():
     assert list_methods() == ["erm", "resampling", "groupdro", "febs", "adversarial", "subgroup", "faap", "apple"]
     with pytest.raises(InputError, match="not known"):
         get_method("dro")
-    with pytest.raises(InputError, match="unknown option"):
+    with pytest.raises(InputError, match="unknown key 'etaa'"):
         get_method("groupdro").options({"etaa": 1})
     with pytest.raises(InputError, match="unknown key"):
         Budget.from_dict({"epoch": 3})

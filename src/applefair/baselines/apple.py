@@ -17,7 +17,7 @@ from torch import nn
 from applefair.baselines.base import Budget, FitResult, Method, Timer, count_params
 from applefair.data.groups import GroupSpec
 from applefair.data.manifest import SegmentationDataset
-from applefair.errors import InputError
+from applefair.engine.config import validate_settings
 from applefair.models.registry import ModelSpec
 
 
@@ -27,14 +27,11 @@ class Apple(Method):
     defaults: dict = {}
 
     def options(self, given: Mapping | None) -> dict:
+        """APPLE's options are `AppleConfig` fields (validated as such); those not given come from the budget."""
         from applefair.apple.config import AppleConfig
 
-        allowed = set(AppleConfig.model_fields)
         given = dict(given or {})
-        bad = sorted(set(given) - allowed)
-        if bad:
-            raise InputError(f"method 'apple': unknown option(s) {', '.join(bad)} "
-                             f"(allowed: AppleConfig fields {', '.join(sorted(allowed))})")
+        validate_settings(given, AppleConfig, f"method '{self.name}'")
         return given
 
     def fit(self, net: nn.Module, spec: ModelSpec, train: SegmentationDataset, val: SegmentationDataset,

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 import torch
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, create_model
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
@@ -42,7 +42,6 @@ from applefair.engine.config import Settings, validate_settings
 from applefair.engine.device import module_device, to_device
 from applefair.engine.progress import progress_bar
 from applefair.engine.seeding import seed_everything
-from applefair.errors import InputError
 from applefair.metrics.evaluate import score
 from applefair.metrics.frame import MetricFrame
 from applefair.models.registry import ModelSpec
@@ -103,13 +102,15 @@ class Method(ABC):
     defaults: dict = {}
 
     def options(self, given: Mapping | None) -> dict:
-        """The method's options: defaults overridden by `given`; unknown keys are an InputError."""
-        given = dict(given or {})
-        bad = sorted(set(given) - set(self.defaults))
-        if bad:
-            allowed = ", ".join(sorted(self.defaults)) or "none"
-            raise InputError(f"method '{self.name}': unknown option(s) {', '.join(bad)} (allowed: {allowed})")
-        return {**self.defaults, **given}
+        """The method's options: `defaults` overridden by `given`, validated like every configuration
+        (an unknown key or a value of another type than its default's is an InputError naming the key)."""
+        return validate_settings(dict(given or {}), self.options_model(), f"method '{self.name}'").to_dict()
+
+    @classmethod
+    def options_model(cls) -> type[Settings]:
+        """A Settings model of the method's options, typed by their defaults (a float option takes an int)."""
+        fields = {k: (float if isinstance(v, float) else type(v), v) for k, v in cls.defaults.items()}
+        return create_model(f"{cls.__name__}Options", __base__=Settings, **fields)
 
     @abstractmethod
     def fit(self, net: nn.Module, spec: ModelSpec, train: SegmentationDataset, val: SegmentationDataset,

@@ -26,7 +26,17 @@ M = TypeVar("M", bound=BaseModel)
 Device = Annotated[str, StringConstraints(pattern=r"^(auto|cpu|cuda(:[0-9]+)?)$")]
 
 
-class Settings(BaseModel):
+class _RaisesInputErrors(type(BaseModel)):
+    """Construction in Python (`AppleConfig(epochs=0)`) raises the same one-line InputError as a file does."""
+
+    def __call__(cls, *args: Any, **kwargs: Any):
+        try:
+            return super().__call__(*args, **kwargs)
+        except ValidationError as exc:
+            raise InputError(validation_message(exc, cls.label)) from None
+
+
+class Settings(BaseModel, metaclass=_RaisesInputErrors):
     """Base of every configuration (commands, APPLE, the baselines' budget, trainers): unknown keys are an
     error, values are validated on construction and on assignment, and every error is one `InputError`
     line naming the key (``LABEL: key 'epochs': ...``), whether the values came from a file, the command
@@ -34,12 +44,6 @@ class Settings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
     label: ClassVar[str] = "config"  # names the source in errors of values given in Python
-
-    def __init__(self, **data: Any):
-        try:
-            super().__init__(**data)
-        except ValidationError as exc:
-            raise InputError(validation_message(exc, self.label)) from None
 
     def __setattr__(self, name: str, value: Any) -> None:
         try:

@@ -6,6 +6,8 @@ from applefair.data.loaders import LoadOptions
 from applefair.data.manifest import SegmentationDataset, assign_splits, read_manifest
 from applefair.data.synthetic import BIASES, KINDS, generate
 from applefair.data.validate import validate_samples
+from applefair.data.writers import save_predictions
 
 __all__ = ["BIASES", "KINDS", "READERS", "GroupSpec", "LoadOptions", "SegmentationDataset", "SmallGroupWarning",
-           "assign_splits", "detect_format", "generate", "load_dataset", "read_manifest", "validate_samples"]
+           "assign_splits", "detect_format", "generate", "load_dataset", "read_manifest", "save_predictions",
+           "validate_samples"]

@@ -21,6 +21,7 @@ from scipy import stats
 
 from applefair.errors import InputError
 from applefair.metrics.bootstrap import percentile_ci
+from applefair.metrics.conventions import Convention, get_convention
 from applefair.metrics.fairness import Aggregator, nest
 
 
@@ -48,15 +49,19 @@ def align(a: pd.DataFrame, b: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]
 
 def paired_comparison(before: pd.DataFrame, after: pd.DataFrame, groups: Sequence[str],
                       metrics: Sequence[str] | None = None, *, resamples: int = 1000, seed: int = 0,
-                      level: float = 0.95) -> dict:
+                      level: float = 0.95, convention: str | Convention | None = None) -> dict:
     """Change (after - before) of every aggregate with a paired stratified-bootstrap CI, plus Wilcoxon.
 
     Returns {'n', 'level', 'resamples', 'seed', 'overall'|'groups'|'fairness': nested
-    {key: {'before', 'after', 'diff', 'ci', 'excludes_zero'}}, 'wilcoxon': {group: {metric: ...}}}.
+    {key: {'before', 'after', 'diff', 'ci', 'excludes_zero'}}, 'wilcoxon': {group: {metric: ...}},
+    'convention': the metric convention (its missing-group rule applies to both tables)}.
     """
+    conv = get_convention(convention)
     a, b = align(before, after)
     cols = list(metrics) if metrics is not None else [c for c in Aggregator(a, groups).columns if c in b.columns]
-    agg_a, agg_b = Aggregator(a, groups, cols), Aggregator(b.assign(group=a["group"]), groups, cols)
+    rule = conv.missing_group
+    agg_a = Aggregator(a, groups, cols, missing_group=rule)
+    agg_b = Aggregator(b.assign(group=a["group"]), groups, cols, missing_group=rule)
     pa, pb = agg_a.point(), agg_b.point()
     sa, sb = agg_a.resamples(resamples, seed), agg_b.resamples(resamples, seed)
     flat = {}
@@ -69,6 +74,7 @@ def paired_comparison(before: pd.DataFrame, after: pd.DataFrame, groups: Sequenc
            "method": "paired percentile bootstrap stratified by group; change = after - before"}
     nest(flat, out)
     out["wilcoxon"] = wilcoxon_by_group(a, b, agg_a.present, cols)
+    out["convention"] = conv.to_dict()
     return out
 
 
@@ -115,14 +121,22 @@ def _is_number(v: object) -> bool:
     return isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool)
 
 
-def aggregate_seeds(results: Sequence[dict], skip: Sequence[str] = ("ci", "seed", "resamples", "level")) -> dict:
+def aggregate_seeds(results: Sequence[dict],
+                    skip: Sequence[str] = ("ci", "seed", "resamples", "level", "convention")) -> dict:
     """Mean, sample std (ddof=1) and values across seeds of every number in nested result dicts.
 
-    Sections named in `skip` are left out (per-seed CIs are not averaged). Numbers missing from some
-    seeds are aggregated over the seeds that have them (`n` says how many).
+    Sections named in `skip` are left out (per-seed CIs are not averaged; the metric convention is a
+    setting, not a result: it is carried over, and runs scored under different conventions are refused).
+    Numbers missing from some seeds are aggregated over the seeds that have them (`n` says how many).
     """
     if not results:
         raise ValueError("no results to aggregate")
+    conventions = {repr(r["convention"]): r["convention"] for r in results
+                   if isinstance(r, dict) and isinstance(r.get("convention"), dict)}
+    if len(conventions) > 1:
+        names = sorted({str(c.get("name")) for c in conventions.values()})
+        raise InputError(f"the runs were scored under different metric conventions ({', '.join(names)}); "
+                         "aggregate runs scored under one convention")
     per_key: dict[tuple, list[float]] = {}
     for r in results:
         for k, v in _flatten(r).items():
@@ -134,7 +148,10 @@ def aggregate_seeds(results: Sequence[dict], skip: Sequence[str] = ("ci", "seed"
         arr = np.asarray(vals)
         flat[k] = {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if arr.size > 1 else math.nan,
                    "n": int(arr.size), "values": vals}
-    return nest(flat)
+    out = nest(flat)
+    if conventions:
+        out["convention"] = next(iter(conventions.values()))
+    return out
 
 
 def aggregate_comparisons(comparisons: Sequence[dict], level: float = 0.95) -> dict:

@@ -17,6 +17,10 @@ zero: read it to ask whether a gap exists at all. delta's own CI (a max - min) e
 construction, even when all groups are equal.
 Per group and overall: n, mean and the sample std (ddof=1) of the per-sample scores.
 Confidence intervals come from a bootstrap stratified by group (`bootstrap.py`).
+
+A group that is expected (`groups`) but absent from the data is listed under ``missing_groups``; the
+metric convention decides the rest: ``omit`` (applefair) compares the groups present, ``nan`` (FairSeg,
+FairMedFM) makes every aggregate that compares groups NaN, as those benchmarks' own code does.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import numpy as np
 import pandas as pd
 
 from applefair.metrics.bootstrap import percentile_ci, stratified_moments
+from applefair.metrics.conventions import MISSING_GROUP_RULES, Convention, get_convention
 from applefair.metrics.segmentation import HIGHER_IS_BETTER, METRICS, metric_base
 
 Key = tuple[str, ...]
@@ -72,10 +77,14 @@ class Aggregator:
 
     Rows are split into strata by their group name (each unknown label is a stratum of its own);
     the same object (same strata, same seed) gives the same resamples to two aligned tables,
-    which is what a paired comparison needs.
+    which is what a paired comparison needs. `missing_group` (``omit`` or ``nan``) is the convention's
+    rule for an expected group with no rows.
     """
 
-    def __init__(self, per_sample: pd.DataFrame, groups: Sequence[str], columns: Sequence[str] | None = None):
+    def __init__(self, per_sample: pd.DataFrame, groups: Sequence[str], columns: Sequence[str] | None = None,
+                 missing_group: str = "omit"):
+        if missing_group not in MISSING_GROUP_RULES:
+            raise ValueError(f"missing_group '{missing_group}' is not one of {MISSING_GROUP_RULES}")
         self.columns = list(columns) if columns is not None else metric_columns(per_sample)
         missing = [c for c in self.columns if c not in per_sample.columns]
         if missing:
@@ -85,7 +94,11 @@ class Aggregator:
         codes = np.array([self.stratum_names.index(v) for v in labels], dtype=np.int64)
         self.strata = [np.flatnonzero(codes == i) for i in range(len(self.stratum_names))]
         self.counts = [len(s) for s in self.strata]
-        self.present = [g for g in groups if g in self.stratum_names]
+        expected = list(dict.fromkeys(groups))
+        self.present = [g for g in expected if g in self.stratum_names]
+        self.missing = [g for g in expected if g not in self.stratum_names]
+        # 'nan': an expected group without rows makes every comparison of groups undefined
+        self.undefined = missing_group == "nan" and bool(self.missing) and len(expected) >= 2
         self.values = per_sample[self.columns].to_numpy(dtype=np.float64)
         # which groups have the highest and lowest mean on the data; fixed for every resample
         gm = np.array([self.values[codes == self.stratum_names.index(g)].mean(axis=0) for g in self.present])
@@ -119,7 +132,13 @@ class Aggregator:
             for j, col in enumerate(self.columns):
                 out[("groups", g, col)] = means[s][:, j]
                 out[("groups", g, f"{col}_std")] = _sample_std(means[s][:, j], msq[s][:, j], self.counts[s])
-        if len(self.present) >= 2:
+        if self.undefined:
+            for j, col in enumerate(self.columns):
+                higher = HIGHER_IS_BETTER.get(metric_base(col), True)
+                keys = [*group_fairness_arrays(np.zeros(1), np.zeros((1, 2)), col, higher), f"{col}_delta_signed"]
+                for k in keys:
+                    out[("fairness", k)] = np.full_like(mean_all[:, j], np.nan)
+        elif len(self.present) >= 2:
             for j, col in enumerate(self.columns):
                 gm = np.stack([means[idx[g]][:, j] for g in self.present], axis=1)
                 higher = HIGHER_IS_BETTER.get(metric_base(col), True)
@@ -129,9 +148,11 @@ class Aggregator:
                 out[("fairness", f"{col}_delta_signed")] = gm[:, hi] - gm[:, lo]
         return out
 
-    def worst_groups(self, point: dict[Key, np.ndarray]) -> dict[str, str]:
-        """Name of the worst group for each metric column."""
-        out = {}
+    def worst_groups(self, point: dict[Key, np.ndarray]) -> dict[str, str | None]:
+        """Name of the worst group for each metric column (None where the convention leaves it undefined)."""
+        if self.undefined:
+            return {f"{col}_worst_group": None for col in self.columns}
+        out: dict[str, str | None] = {}
         if len(self.present) < 2:
             return out
         for col in self.columns:
@@ -160,18 +181,25 @@ def nest(flat: dict[Key, object], into: dict | None = None) -> dict:
 
 def fairness_summary(per_sample: pd.DataFrame, attribute: str, groups: list[str],
                      metrics: Sequence[str] | None = None, *, bootstrap: int = 0, seed: int = 0,
-                     level: float = 0.95) -> dict:
+                     level: float = 0.95, convention: str | Convention | None = None) -> dict:
     """metrics.json content from a per-sample table with a ``group`` column (names; others are unknown).
 
     `metrics`: the score columns to aggregate (default: every score column present).
     `bootstrap` > 0 adds a ``ci`` entry: percentile intervals of every aggregate from that many
     resamples stratified by group (seeded by `seed`).
+    `convention` (name or `Convention`, default ``applefair``): the one the per-sample scores were
+    computed with; its missing-group rule applies here and the whole convention is recorded under
+    ``convention``, so that every metrics.json says how its numbers were scored.
     """
+    conv = get_convention(convention)
     if len(per_sample) == 0:
         cols = list(metrics) if metrics is not None else metric_columns(per_sample)
-        return {"attribute": attribute, "overall": {"n": 0, **dict.fromkeys(cols, float("nan"))},
-                "groups": {}, "fairness": {}}
-    agg = Aggregator(per_sample, groups, metrics)
+        out = {"attribute": attribute, "overall": {"n": 0, **dict.fromkeys(cols, float("nan"))},
+               "groups": {}, "fairness": {}}
+        if groups:
+            out["missing_groups"] = list(dict.fromkeys(groups))
+        return {**out, "convention": conv.to_dict()}
+    agg = Aggregator(per_sample, groups, metrics, missing_group=conv.missing_group)
     point = agg.point()
     out: dict = {"attribute": attribute, "overall": {"n": int(len(per_sample))}, "groups": {}, "fairness": {}}
     for g in agg.present:
@@ -182,6 +210,9 @@ def fairness_summary(per_sample: pd.DataFrame, attribute: str, groups: list[str]
     nest({k: float(v[0]) for k, v in point.items()}, out)
     if out["fairness"]:
         out["fairness"].update(agg.worst_groups(point))
+    if agg.missing:
+        out["missing_groups"] = list(agg.missing)
+    out["convention"] = conv.to_dict()
     if bootstrap > 0:
         samples = agg.resamples(bootstrap, seed)
         ci = {k: list(percentile_ci(v, level)) for k, v in samples.items()}

@@ -1,13 +1,14 @@
 """Per-sample segmentation metrics via MONAI: Dice, IoU, HD95 and normalised surface Dice.
 
-Convention for empty masks (decided here, documented in docs/metrics.md):
+How empty masks are scored, which HD95 is meant and the default NSD tolerance depend on the metric
+convention (`conventions.py`; default ``applefair``):
 
-- truth and prediction both empty: Dice = IoU = NSD = 1 and HD95 = 0 (a correct "nothing
-  there", as Harvard-FairSeg scores it);
+- truth and prediction both empty: Dice = IoU = NSD = 1 and HD95 = 0 (a correct "nothing there");
 - exactly one of them empty: Dice = IoU = NSD = 0 and HD95 = the image diagonal (the largest
   distance the image allows, in the same units as `spacing`), so that means stay finite and a
   miss counts as the worst case instead of silently dropping out as NaN.
 
+``fairseg`` and ``fairmedfm`` score as those benchmarks' own code does (docs/metrics.md).
 Multi-class masks are scored per foreground class (``dice_<class>``...); the unsuffixed
 column (``dice``) is then the mean over foreground classes.
 """
@@ -18,11 +19,16 @@ import math
 import warnings
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.metrics import compute_dice, compute_hausdorff_distance, compute_iou, compute_surface_dice
+from monai.metrics.utils import get_edge_surface_distance
 
-METRICS = ("dice", "iou", "hd95", "nsd")
+from applefair.metrics.conventions import CASES, DIAGONAL, METRICS, Convention, get_convention
+
+__all__ = ["HIGHER_IS_BETTER", "METRICS", "metric_base", "per_sample_metrics", "to_onehot"]
+
 HIGHER_IS_BETTER = {"dice": True, "iou": True, "nsd": True, "hd95": False}
 
 
@@ -60,18 +66,23 @@ def per_sample_metrics(pred: torch.Tensor, target: torch.Tensor, *,
                        metrics: Sequence[str] = ("dice", "iou"),
                        class_names: Sequence[str] | None = None,
                        spacing: float | Sequence[float] | None = None,
-                       nsd_tolerance: float = 2.0,
-                       threshold: float = 0.5) -> dict[str, torch.Tensor]:
+                       nsd_tolerance: float | None = None,
+                       threshold: float = 0.5,
+                       convention: str | Convention | None = None) -> dict[str, torch.Tensor]:
     """Per-sample scores, each a (B,) tensor.
 
     `pred`: (B, 1, H, W) probabilities or (B, C, H, W) class scores; `target`: see `to_onehot`.
     `metrics` chooses among dice, iou, hd95 (95th percentile Hausdorff distance, in pixels unless
-    `spacing` is given) and nsd (normalised surface Dice with `nsd_tolerance` in the same units).
-    For multi-class input the result also holds ``<metric>_<class>`` per foreground class.
+    `spacing` is given) and nsd (normalised surface Dice with `nsd_tolerance` in the same units; None:
+    the convention's tolerance). `convention` (name or `Convention`, default ``applefair``) fixes the
+    empty-mask scores and the HD95 definition. For multi-class input the result also holds
+    ``<metric>_<class>`` per foreground class.
     """
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise ValueError(f"unknown metric(s) {unknown}; expected some of {METRICS}")
+    conv = get_convention(convention)
+    tol = conv.nsd_tolerance if nsd_tolerance is None else float(nsd_tolerance)
     p, t = to_onehot(pred, target, threshold)
     k = p.shape[1]
     names = list(class_names) if class_names is not None else [str(i) for i in range(1, k + 1)]
@@ -79,11 +90,16 @@ def per_sample_metrics(pred: torch.Tensor, target: torch.Tensor, *,
         raise ValueError(f"{len(names)} class names for {k} foreground classes")
     p_empty = p.flatten(2).sum(-1) == 0  # (B, K)
     t_empty = t.flatten(2).sum(-1) == 0
-    both, one = p_empty & t_empty, p_empty ^ t_empty
+    cases = {"both_empty": p_empty & t_empty, "pred_empty": p_empty & ~t_empty, "truth_empty": t_empty & ~p_empty}
     diag = _diagonal(p.shape[2:], spacing)
     scores: dict[str, torch.Tensor] = {}
     for m in metrics:
-        scores[m] = _one_metric(m, p, t, spacing, nsd_tolerance, both, one, diag)  # (B, K)
+        s = _one_metric(m, p, t, spacing, tol, conv.hd95)  # (B, K)
+        rule = conv.empty[m]
+        for case in CASES:
+            v = getattr(rule, case)
+            s[cases[case]] = diag if v == DIAGONAL else float(v)
+        scores[m] = s
     out: dict[str, torch.Tensor] = {}
     for m, s in scores.items():
         out[m] = s.mean(1)
@@ -93,24 +109,37 @@ def per_sample_metrics(pred: torch.Tensor, target: torch.Tensor, *,
     return out
 
 
-def _one_metric(m: str, p: torch.Tensor, t: torch.Tensor, spacing, tol: float,
-                both: torch.Tensor, one: torch.Tensor, diag: float) -> torch.Tensor:
+def _one_metric(m: str, p: torch.Tensor, t: torch.Tensor, spacing, tol: float, hd95: str) -> torch.Tensor:
+    """(B, K) raw scores; entries with an empty mask are overwritten by the caller's convention."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # MONAI warns on empty masks; the convention handles them
         if m == "dice":
             s = compute_dice(p, t, include_background=True, ignore_empty=False)
         elif m == "iou":
             s = compute_iou(p, t, include_background=True, ignore_empty=False)
+        elif m == "hd95" and hd95 == "pooled":
+            s = _pooled_hd95(p, t, spacing)
         elif m == "hd95":
             s = compute_hausdorff_distance(p, t, include_background=True, percentile=95, spacing=spacing)
         else:
             s = compute_surface_dice(p, t, class_thresholds=[tol] * p.shape[1], include_background=True,
                                      spacing=spacing)
-    s = s.float().reshape(p.shape[0], p.shape[1]).clone()
-    good, bad = (0.0, diag) if m == "hd95" else (1.0, 0.0)
-    s[both] = good
-    s[one] = bad
-    return s
+    return s.float().reshape(p.shape[0], p.shape[1]).clone()
+
+
+def _pooled_hd95(p: torch.Tensor, t: torch.Tensor, spacing) -> torch.Tensor:
+    """95th percentile of the surface distances of both directions pooled (medpy's ``hd95``).
+
+    MONAI finds the edges (binary erosion, as medpy) and both directed distance sets; only the
+    percentile is taken over their union instead of per direction.
+    """
+    out = torch.full(p.shape[:2], float("nan"), dtype=torch.float64)
+    for b, c in np.ndindex(*p.shape[:2]):
+        if not (p[b, c].any() and t[b, c].any()):
+            continue  # an empty mask: scored by the convention
+        _, dists, _ = get_edge_surface_distance(p[b, c].bool(), t[b, c].bool(), spacing=spacing, symmetric=True)
+        out[b, c] = torch.quantile(torch.cat([d.reshape(-1) for d in dists]).double(), 0.95)
+    return out
 
 
 def _diagonal(shape: Sequence[int], spacing) -> float:

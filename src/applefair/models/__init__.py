@@ -4,7 +4,7 @@ Importing the package registers every model family of the zoo (as timm does): th
 itself knows no family, so families import the registry and never the other way round.
 """
 
-from applefair.models import sam, unets  # noqa: F401  (registers the zoo's names)
+from applefair.models import bundle, custom, nnunet, sam, unets  # noqa: F401  (registers the zoo's names)
 from applefair.models.checkpoints import load_checkpoint, read_checkpoint
 from applefair.models.forward import segment
 from applefair.models.prompts import PromptConfig, derive_prompts

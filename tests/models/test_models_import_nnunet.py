@@ -137,7 +137,8 @@ def _exit_2(monkeypatch, capsys, argv):
 def test_bad_nnunet_folders_exit_2_and_write_nothing(tmp_path, monkeypatch, capsys):
     results = write_nnunet_results(tmp_path / "ok", "2d")
     out = tmp_path / "out"
-    err = _exit_2(monkeypatch, capsys, ["models", "import", "nnunet", str(results), "-c", "3d_lowres", "--out", str(out)])
+    err = _exit_2(monkeypatch, capsys, ["models", "import", "nnunet", str(results), "-c", "3d_lowres", "--out",
+                                        str(out)])
     assert "configuration '3d_lowres' not in configurations" in err and "plans.json" in err
     plans = json.loads((results / "plans.json").read_text())
     wrong = write_nnunet_results(tmp_path / "wrong", "2d", plans=plans, features=[4, 8, 32])

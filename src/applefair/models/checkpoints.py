@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import pickle
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -28,8 +29,19 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise InputError(f"{path}: checkpoint not found")
     if path.suffix == ".safetensors":
         return load_tensors(path)
+    return _flatten(load_weights_only(path), path)
+
+
+def load_weights_only(path: str | os.PathLike, allow: Sequence = ()) -> object:
+    """`torch.load(path, weights_only=True)`: tensors and plain containers only, plus the data-only
+    types in `allow` (classes, or (class, "pickled.name") pairs, as `torch.serialization.safe_globals`
+    takes them) for this one call. Anything else is refused, never unpickled."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: checkpoint not found")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(list(allow)):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0][:200]
         raise InputError(f"{path}: refused to load: it holds Python objects beyond tensors, and unpickling "
@@ -37,7 +49,6 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]:
                          f"torch.save(model.state_dict(), 'weights.pt')") from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise InputError(f"{path}: not a readable PyTorch checkpoint ({str(exc).splitlines()[0][:200]})") from None
-    return _flatten(obj, path)
 
 
 def _flatten(obj, path: Path) -> dict[str, torch.Tensor]:

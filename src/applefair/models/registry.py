@@ -30,6 +30,8 @@ class ModelSpec:
     head: str = "sigmoid"  # sigmoid: binary, one output channel
     site: str = ""  # default latent site (filled by the builder)
     skip_sites: list[str] = field(default_factory=list)  # one site per skip level, shallow to deep
+    in_channels: int = 1  # input channels the network takes (an example input for `models sites` needs it)
+    spatial_dims: int = 2  # 2: (B, C, H, W) images; 3: (B, C, D, H, W) volumes
 
 
 _BUILDERS: dict[str, Callable[..., tuple]] = {}
@@ -38,8 +40,9 @@ _SUMMARY: dict[str, str] = {}
 
 
 def register(name: str, tiny: dict | None = None, summary: str = ""):
-    """Add a builder `fn(**args) -> (net, default_site[, skip_sites])` under `name`;
-    `tiny` holds the arguments of its CPU-test size."""
+    """Add a builder `fn(**args) -> (net, default_site[, skip_sites[, spec_fields]])` under `name`;
+    `tiny` holds the arguments of its CPU-test size. `spec_fields` (a dict) sets other ModelSpec
+    fields that follow from the arguments (head, in_channels, spatial_dims)."""
     def deco(fn):
         _BUILDERS[name] = fn
         _TINY[name] = dict(tiny or {})
@@ -76,8 +79,8 @@ def create_segmentor(name: str, tiny: bool = False, seed: int | None = None, **k
             built = _BUILDERS[name](**args)
     except TypeError as exc:
         raise InputError(f"model '{name}': bad arguments {args} ({exc})") from None
-    net, site, skips = (*built, []) if len(built) == 2 else built
-    return net, ModelSpec(name=name, args=args, site=site, skip_sites=list(skips))
+    net, site, skips, fields = (*built, [], {})[:4] if len(built) == 2 else (*built, {})[:4]
+    return net, ModelSpec(name=name, args=args, site=site, skip_sites=list(skips), **fields)
 
 
 def save_model_dir(out: str | os.PathLike, net: nn.Module, spec: ModelSpec) -> None:
@@ -99,6 +102,9 @@ def load_model_dir(path: str | os.PathLike) -> tuple[nn.Module, ModelSpec]:
     except (yaml.YAMLError, TypeError) as exc:
         raise InputError(f"{meta}: invalid model description ({exc})") from None
     net, built = create_segmentor(spec.name, **spec.args)
+    for key in ("head", "in_channels", "spatial_dims"):  # not in model.yaml: what the builder says
+        if key not in d:
+            setattr(spec, key, getattr(built, key))
     spec.site = spec.site or built.site
     spec.skip_sites = spec.skip_sites or built.skip_sites
     apply_state(net, spec.name, load_tensors(path / MODEL_WEIGHTS), path / MODEL_WEIGHTS)

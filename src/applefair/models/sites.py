@@ -148,3 +148,34 @@ def list_sites(net: nn.Module, example: torch.Tensor, default: str = "", skips: 
     for s in infos:
         s.role = "default" if s.name == default else ("skip" if s.name in skips else "")
     return infos
+
+
+def deepest_site(net: nn.Module, example: torch.Tensor) -> str:
+    """A guess at the bottleneck of an unknown network: of the modules called once per forward whose
+    output has the input's rank, the last to finish with the smallest spatial size (the outermost
+    module around the deepest features). A guess, printed as one; `--site` overrides it."""
+    calls: dict[str, int] = {}
+    done: list[tuple[str, int]] = []
+    handles = []
+    for name, module in net.named_modules():
+        if name:
+            def hook(_m, _i, out, name=name):
+                calls[name] = calls.get(name, 0) + 1
+                if torch.is_tensor(out) and out.ndim == example.ndim:
+                    done.append((name, int(torch.tensor(out.shape[2:]).prod())))
+            handles.append(module.register_forward_hook(hook))
+    try:
+        was = net.training
+        net.eval()
+        with torch.no_grad():
+            net(example)
+        net.train(was)
+    finally:
+        for h in handles:
+            h.remove()
+    once = [(n, s) for n, s in done if calls[n] == 1]
+    if not once:
+        raise InputError(f"{type(net).__name__}: no submodule outputs a {example.ndim}-D feature map once per "
+                         f"forward; name the latent site with --site")
+    smallest = min(s for _, s in once)
+    return [n for n, s in once if s == smallest][-1]

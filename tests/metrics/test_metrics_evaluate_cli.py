@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -144,3 +145,43 @@ def test_group_spec_resolution(tmp_path):
         build_group_spec([], None)
     with pytest.raises(InputError, match="not found"):
         build_group_spec([], str(tmp_path / "missing.yaml"))
+
+
+def test_convention_is_recorded_and_predictions_are_saved(tiny_manifest, tiny_frame, model_and_patch, tmp_path):
+    """--convention fairseg scores the peer's way (its 5 px NSD tolerance) and says so in every file;
+    --save-predictions writes one PNG per test image, for the patched and the deployed model."""
+    from PIL import Image
+
+    from applefair.data.writers import prediction_names
+
+    model, patch = model_and_patch
+    out = tmp_path / "run"
+    res = _evaluate("--data", tiny_manifest, "--model", model, "--patch", patch, "--attribute", "sex",
+                    "--bootstrap", "20", "--no-leakage", "--convention", "fairseg", "--save-predictions", "--out", out)
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    metrics = _strict_json(out / "metrics.json")
+    assert metrics["convention"]["name"] == "fairseg" and metrics["convention"]["nsd_tolerance"] == 5.0
+    assert _strict_json(out / "paired.json")["convention"]["name"] == "fairseg"
+    assert _strict_json(out / "deployed" / "metrics.json")["convention"]["name"] == "fairseg"
+    per_sample = pd.read_csv(out / "per_sample.csv", dtype={"id": str})
+    for folder in (out / "predictions", out / "deployed" / "predictions"):
+        names = sorted(p.stem for p in folder.glob("*.png"))
+        assert names == sorted(prediction_names(per_sample["id"]))
+        mask = np.asarray(Image.open(folder / f"{names[0]}.png"))
+        assert mask.shape == (64, 64) and set(np.unique(mask)) <= {0, 255}
+    # the saved masks are what was scored: the Dice of a saved mask equals its per-sample Dice
+    first = per_sample.iloc[0]
+    row = tiny_frame[(tiny_frame["split"] == "test") & (tiny_frame["id"].astype(str) == first["id"])].iloc[0]
+    truth = np.asarray(Image.open(row["mask_path"])) > 0
+    pred = np.asarray(Image.open(out / "predictions" / f"{prediction_names([first['id']])[0]}.png")) > 0
+    both = truth.sum() + pred.sum()
+    dice = 2 * (truth & pred).sum() / both if both else 0.0  # fairseg: an empty prediction scores 0
+    assert dice == pytest.approx(first["dice"], abs=1e-6)
+
+
+def test_unknown_convention_is_bad_input(tiny_manifest, model_and_patch, tmp_path):
+    model, _ = model_and_patch
+    res = _evaluate("--data", tiny_manifest, "--model", model, "--attribute", "sex", "--convention", "medseg",
+                    "--out", tmp_path / "run")
+    assert isinstance(res.exception, InputError) and "medseg" in str(res.exception)
+    assert not (tmp_path / "run").exists()

@@ -186,3 +186,21 @@ def test_mitigate_layout_pairs_deployed_with_top_level(tmp_path, tiny_run):
     from applefair.report.tables import leakage_table
 
     assert leakage_table(run.leakage)[0].to_dict("records") == [{"site": "enc", "auc_before": 1.0, "auc_after": 0.7}]
+
+
+def test_undefined_aggregates_read_as_not_available(tmp_path):
+    """Under the fairseg or fairmedfm convention a group absent from the test set makes the gap and the
+    ES scores undefined (null in metrics.json): the report says n/a instead of failing."""
+    from applefair.engine.runfolder import write_evaluation
+    from applefair.metrics.fairness import fairness_summary
+    from applefair.report.build import write_reports
+
+    per_sample = pd.DataFrame({"id": ["a", "b", "c"], "group": ["F", "F", "F"], "dice": [0.8, 0.6, 0.7]})
+    metrics = fairness_summary(per_sample, "sex", ["F", "M"], convention="fairseg")
+    assert metrics["fairness"]["dice_delta"] != metrics["fairness"]["dice_delta"]  # NaN: M has no sample
+    write_evaluation(tmp_path, metrics, per_sample)
+    assert json.loads((tmp_path / "metrics.json").read_text())["fairness"]["dice_delta"] is None
+    write_reports(tmp_path, overlays=False)
+    md = (tmp_path / "report.md").read_text()
+    assert "Overall Dice is 70.0 points" in md
+    assert "not defined under the fairseg convention: M has no test image" in md

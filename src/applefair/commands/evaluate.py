@@ -31,7 +31,14 @@ def evaluate(
     size: int = typer.Option(None, "--size", help="Resize every sample to SIZE x SIZE (as in training)."),
     metrics: str = typer.Option(None, "--metrics", help="Per-sample metrics, comma-separated "
                                                         "(default: dice,iou,hd95,nsd)."),
-    nsd_tolerance: float = typer.Option(None, "--nsd-tolerance", help="Surface-Dice tolerance in pixels (default 2)."),
+    convention: str = typer.Option(None, "--convention", help="Metric convention: applefair, fairseg or fairmedfm "
+                                                              "(empty masks, HD95, NSD tolerance, missing groups; "
+                                                              "default applefair, see docs/metrics.md)."),
+    nsd_tolerance: float = typer.Option(None, "--nsd-tolerance", help="Surface-Dice tolerance in pixels (default: the "
+                                                                      "convention's, 2 for applefair, 5 for fairseg)."),
+    save_predictions: bool = typer.Option(None, "--save-predictions/--no-save-predictions",
+                                          help="Write every predicted mask (PNG, named by sample id) under "
+                                               "predictions/, so a peer's own scoring code can run on them."),
     bootstrap: int = typer.Option(None, "--bootstrap", help="Bootstrap resamples for CIs; 0: no CIs (default 1000)."),
     level: float = typer.Option(None, "--level", help="Confidence level of the intervals (default 0.95)."),
     leakage: bool = typer.Option(None, "--leakage/--no-leakage", help="Fit fresh probes on the latents (default on)."),
@@ -58,7 +65,8 @@ def evaluate(
 
     st = resolve_settings(EvaluateSettings, config, data=_str(data), model=_str(model), patch=_str(patch),
                           attribute=attribute or None, groups=groups, split=split, format=data_format or None,
-                          size=size, metrics=metrics, nsd_tolerance=nsd_tolerance, bootstrap=bootstrap, level=level,
+                          size=size, metrics=metrics, convention=convention, nsd_tolerance=nsd_tolerance,
+                          save_predictions=save_predictions, bootstrap=bootstrap, level=level,
                           leakage=leakage, folds=folds, seed=seed, batch_size=batch_size, device=device)
     st.options = {**st.options, **parse_options(option)}
     result = run_evaluation(st, out, overwrite=overwrite, quiet=quiet)

@@ -48,6 +48,7 @@ REPORT_HTML = "report.html"
 REPORT_MD = "report.md"
 MODEL_CONFIG = "model.yaml"  # a model folder: architecture name, arguments, sites
 MODEL_WEIGHTS = "model.safetensors"
+MODEL_SOURCE = "source.yaml"  # an imported model folder: where the model came from (its configs under source/)
 MANIFEST = "manifest.csv"  # a data folder's table of samples
 CELL_RESULT = "result.json"  # compare: one cell's record
 DEPLOY_INFO = "train.json"  # compare: how a deployed model was trained
@@ -68,12 +69,13 @@ TABLES = "tables"
 PLOTS = "plots"
 CELLS = "cells"
 LATENT_CACHE = "latent_cache"
+PREDICTIONS = "predictions"  # evaluate --save-predictions: one mask file per sample, named by its id
 
 # what marks a folder as a run folder (`applefair report`)
 RUN_MARKERS = (CONFIG, METRICS, f"*/{METRICS}", HISTORY, LEAKAGE, RESULTS, f"*/{RESULTS}")
 # sub-folders whose metrics.json is not a test-split evaluation of the run's models
 NOT_EVALUATIONS = frozenset({DATA, TABLES, PLOTS, VALIDATION, "validation", "train", CELLS, "results",
-                             "checkpoints"})
+                             "checkpoints", PREDICTIONS})
 # evaluation sub-folders in display order (others follow alphabetically)
 EVALUATION_ORDER = (BEFORE, DEPLOYED, AFTER, "mitigated")
 

@@ -25,6 +25,7 @@ from applefair.data.groups import GroupSpec
 from applefair.data.manifest import SegmentationDataset
 from applefair.engine.device import module_device, to_device
 from applefair.engine.progress import progress_bar
+from applefair.metrics.conventions import Convention, get_convention
 from applefair.metrics.frame import MetricFrame
 from applefair.metrics.leakage import PROBES, pool_latent, probe_auc, site_leakage
 from applefair.metrics.segmentation import per_sample_metrics
@@ -39,6 +40,8 @@ class Scored:
     latents: dict[str, np.ndarray]
     group_ids: np.ndarray
     groups: GroupSpec
+    convention: Convention = field(default_factory=get_convention)  # how the per-sample scores were computed
+    predictions: list[np.ndarray] | None = None  # per sample, when asked for: binary mask or label map
     _frames: dict = field(default_factory=dict, repr=False)
 
     def frame(self, *, bootstrap: int = 0, seed: int = 0, level: float = 0.95) -> MetricFrame:
@@ -46,7 +49,7 @@ class Scored:
         key = (bootstrap, seed, level)
         if key not in self._frames:
             self._frames[key] = MetricFrame(self.per_sample, self.groups.groups, attribute=self.groups.attribute,
-                                            bootstrap=bootstrap, seed=seed, level=level)
+                                            bootstrap=bootstrap, seed=seed, level=level, convention=self.convention)
         return self._frames[key]
 
     def probe_auc(self, sites: Sequence[str] | None = None, seed: int = 0) -> float:
@@ -66,16 +69,23 @@ def _probabilities(logits: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def score(model: nn.Module, dataset: SegmentationDataset, groups: GroupSpec, *,
           capture: Mapping[str, nn.Module] | None = None, metrics: Sequence[str] = ("dice", "iou"),
-          class_names: Sequence[str] | None = None, nsd_tolerance: float = 2.0, batch_size: int = 32,
+          class_names: Sequence[str] | None = None, nsd_tolerance: float | None = None, batch_size: int = 32,
           device: str | torch.device | None = None, quiet: bool = True,
-          replay: Callable[[dict], AbstractContextManager] | None = None) -> Scored:
+          replay: Callable[[dict], AbstractContextManager] | None = None,
+          convention: str | Convention | None = None, keep_predictions: bool = False) -> Scored:
     """Run `model` over `dataset` (eval mode, in order), score every sample, capture decoder inputs.
 
     `capture`: {site name: module}; the pooled per-channel mean and std of each module's output are
     kept per sample. Batches go to `device`, by default the one the model lives on. `replay(batch)`,
     if given, is a context entered around each batch's forward pass (APPLE's latent cache replays
-    the frozen encoder with it).
+    the frozen encoder with it). `convention` (metric convention; `nsd_tolerance` None: its tolerance)
+    scores every sample; `keep_predictions` keeps each predicted mask (binary, or a label map for a
+    softmax head) to be written to disk.
     """
+    conv = get_convention(convention)
+    if nsd_tolerance is not None:
+        conv = conv.with_nsd_tolerance(nsd_tolerance)
+    kept: list[np.ndarray] | None = [] if keep_predictions else None
     device = module_device(model) if device is None else torch.device(device)
     capture = dict(capture or {})
     was = model.training
@@ -91,8 +101,12 @@ def score(model: nn.Module, dataset: SegmentationDataset, groups: GroupSpec, *,
             for batch in loader:
                 with replay(batch) if replay is not None else nullcontext():
                     logits = segment(model, to_device(batch, device))
-                scores = per_sample_metrics(_probabilities(logits.float()).cpu(), batch["mask"], metrics=metrics,
-                                            class_names=class_names, nsd_tolerance=nsd_tolerance)
+                probs = _probabilities(logits.float()).cpu()
+                scores = per_sample_metrics(probs, batch["mask"], metrics=metrics, class_names=class_names,
+                                            convention=conv)
+                if kept is not None:
+                    masks = (probs[:, 0] > 0.5).to(torch.uint8) if probs.shape[1] == 1 else probs.argmax(1)
+                    kept += [m.numpy().astype(np.uint8) for m in masks]
                 for j, idx in enumerate(batch["index"].tolist()):
                     gids.append(int(batch["group"][j]))
                     row = {"id": dataset.ids[idx], "group": groups.name(gids[-1])}
@@ -107,7 +121,7 @@ def score(model: nn.Module, dataset: SegmentationDataset, groups: GroupSpec, *,
     if frame.empty:
         frame = pd.DataFrame(columns=["id", "group", *metrics])
     latents = {s: torch.cat(v).numpy() if v else np.zeros((0, 0)) for s, v in pooled.items()}
-    return Scored(frame, latents, np.asarray(gids, dtype=np.int64), groups)
+    return Scored(frame, latents, np.asarray(gids, dtype=np.int64), groups, conv, kept)
 
 
 def probe_leakage(before: Scored, after: Scored | None = None, *, probes: Sequence[str] = PROBES, folds: int = 5,
@@ -153,7 +167,7 @@ def summarise(after: Scored, before: Scored | None = None, *, bootstrap: int = 1
     if before is not None:
         ev.before, ev.before_frame = before, before.frame(**kw)
         ev.paired = paired_comparison(before.per_sample, after.per_sample, after.groups.groups, resamples=bootstrap,
-                                      seed=seed, level=level)
+                                      seed=seed, level=level, convention=after.convention)
     if leakage:
         probed = before if before is not None else after
         if probed.latents:
@@ -165,7 +179,7 @@ def summarise(after: Scored, before: Scored | None = None, *, bootstrap: int = 1
 def predict_scores(model: nn.Module, dataset: SegmentationDataset, groups: GroupSpec,
                    batch_size: int = 32, device: str | torch.device | None = None, *,
                    metrics: Sequence[str] = ("dice", "iou"), class_names: Sequence[str] | None = None,
-                   nsd_tolerance: float = 2.0) -> pd.DataFrame:
+                   nsd_tolerance: float | None = None) -> pd.DataFrame:
     """Per-sample table only: id, group (name or 'unknown'), and one column per metric (default dice, iou)."""
     return score(model, dataset, groups, metrics=metrics, class_names=class_names, nsd_tolerance=nsd_tolerance,
                  batch_size=batch_size, device=device).per_sample

@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from applefair.metrics.conventions import Convention
 from applefair.metrics.fairness import fairness_summary, metric_columns
 
 
@@ -25,11 +26,12 @@ class MetricFrame:
     """
 
     def __init__(self, per_sample: pd.DataFrame, groups: Sequence[str], metrics: Sequence[str] | None = None,
-                 *, attribute: str = "group", bootstrap: int = 0, seed: int = 0, level: float = 0.95):
+                 *, attribute: str = "group", bootstrap: int = 0, seed: int = 0, level: float = 0.95,
+                 convention: str | Convention | None = None):
         self.per_sample = per_sample
         self.metrics = list(metrics) if metrics is not None else metric_columns(per_sample)
         self.summary = fairness_summary(per_sample, attribute, list(groups), self.metrics,
-                                        bootstrap=bootstrap, seed=seed, level=level)
+                                        bootstrap=bootstrap, seed=seed, level=level, convention=convention)
 
     @classmethod
     def from_summary(cls, summary: Mapping[str, Any], per_sample: pd.DataFrame | None = None) -> MetricFrame:
@@ -38,7 +40,8 @@ class MetricFrame:
         frame.per_sample = per_sample
         frame.summary = dict(summary)
         overall = frame.summary.get("overall", {})
-        frame.metrics = [k for k in overall if k not in ("n", "n_unknown_group") and not k.endswith("_std")]
+        frame.metrics = [k for k, v in overall.items() if isinstance(v, (int, float))
+                         and k not in ("n", "n_unknown_group") and not k.endswith("_std")]
         return frame
 
     # -------------------------------------------------------------------------- views

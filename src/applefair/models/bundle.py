@@ -278,8 +278,8 @@ def import_bundle(bundle: str | os.PathLike, out: str | os.PathLike, weights: st
             "skip_sites": list(skip_sites or [])}
     net, spec = create_segmentor("monai_bundle", **args)
     spec.args.update(site=spec.site, skip_sites=spec.skip_sites)
-    weights = Path(weights) if weights else next((bundle / "models" / n for n in ("model.safetensors", "model.pt")
-                                                  if (bundle / "models" / n).is_file()), bundle / "models" / "model.pt")
+    found = [bundle / "models" / f"model.{ext}" for ext in ("safetensors", "pt")]  # a bundle's own weight files
+    weights = Path(weights) if weights else next((f for f in found if f.is_file()), found[-1])
     apply_state(net.network, f"bundle {network_def['_target_'].rsplit('.', 1)[-1]}", read_checkpoint(weights),
                 weights)
     check_runs(net, spec, bundle)

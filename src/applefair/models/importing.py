@@ -20,6 +20,7 @@ import yaml
 from torch import nn
 
 from applefair.engine.io import staged_dir, write_yaml
+from applefair.engine.runfolder import MODEL_SOURCE
 from applefair.errors import InputError
 from applefair.models.registry import ModelSpec, save_model_dir
 
@@ -79,7 +80,7 @@ def write_model_folder(out: str | os.PathLike, net: nn.Module, spec: ModelSpec, 
     out = Path(out)
     with staged_dir(out, overwrite=overwrite) as stage:
         save_model_dir(stage, net.to("cpu"), spec)
-        write_yaml(stage / "source.yaml", dict(source))
+        write_yaml(stage / MODEL_SOURCE, dict(source))
         for name, path in (copies or {}).items():
             (stage / "source" / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(path, stage / "source" / name)

@@ -17,8 +17,18 @@ from applefair.report.tables import ci_interval, ci_pair
 TOL = 0.005  # half a Dice point: changes smaller than this are "about the same"
 
 
-def _pts(v: float) -> str:
-    return f"{100 * v:.1f}"
+def _number(v: object) -> bool:
+    """A finite number (metrics.json writes NaN as null: e.g. a gap under a convention whose missing-group
+    rule makes it undefined)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _pts(v: float | None) -> str:
+    return f"{100 * v:.1f}" if _number(v) else "n/a"
+
+
+def _f3(v: float | None) -> str:
+    return f"{v:.3f}" if _number(v) else "n/a"
 
 
 def _ci_pts(ci: tuple[float, float] | None) -> str:
@@ -26,7 +36,7 @@ def _ci_pts(ci: tuple[float, float] | None) -> str:
 
 
 def _extremes(m: dict) -> tuple[str, str] | None:
-    groups = {g: v["dice"] for g, v in m["groups"].items() if isinstance(v, dict) and "dice" in v}
+    groups = {g: v["dice"] for g, v in m["groups"].items() if isinstance(v, dict) and _number(v.get("dice"))}
     if len(groups) < 2:
         return None
     return max(groups, key=groups.get), min(groups, key=groups.get)
@@ -59,7 +69,7 @@ def compare_sentences(run: RunData, a: Evaluation, b: Evaluation) -> list[str]:
     out = []
     ga, gb = ma["fairness"].get("dice_delta"), mb["fairness"].get("dice_delta")
     da, db = ma["overall"].get("dice"), mb["overall"].get("dice")
-    if ga is not None and gb is not None:
+    if _number(ga) and _number(gb):
         verb = "fell" if gb < ga - TOL else ("rose" if gb > ga + TOL else "stayed about the same")
         change_ci = _paired_ci(run, "dice_delta")
         ci_text = (f" (95% CI of the change {_pts(change_ci[0])} to {_pts(change_ci[1])} points)" if change_ci
@@ -67,7 +77,7 @@ def compare_sentences(run: RunData, a: Evaluation, b: Evaluation) -> list[str]:
         moved = f"from {_pts(ga)} to {_pts(gb)} points" if verb != "stayed about the same" else \
             f"({_pts(ga)} to {_pts(gb)} points)"
         text = f"The Dice gap between {_between(ma)} {verb} {moved}{ci_text}"
-        if da is not None and db is not None:
+        if _number(da) and _number(db):
             text += f" while overall Dice moved by {100 * (db - da):+.1f} points ({_pts(da)} to {_pts(db)})"
         out.append(text + ".")
     ext = _extremes(ma)
@@ -79,7 +89,7 @@ def compare_sentences(run: RunData, a: Evaluation, b: Evaluation) -> list[str]:
     for key, name in (("es_dice_sum", "ES-Dice (Harvard-FairSeg, sum form)"),
                       ("es_dice_std", "ES-Dice (FairMedFM, std form)")):
         va, vb = ma["fairness"].get(key), mb["fairness"].get(key)
-        if va is not None and vb is not None:
+        if _number(va) and _number(vb):
             verb = "rose" if vb > va + TOL else ("fell" if vb < va - TOL else "stayed about the same")
             out.append(f"{name} {verb}: {va:.3f} to {vb:.3f} (higher is fairer at equal Dice).")
     return out
@@ -90,11 +100,16 @@ def single_sentences(ev: Evaluation) -> list[str]:
     out = [f"Overall Dice is {_pts(m['overall']['dice'])} points on {m['overall'].get('n', '?')} test images"
            + _ci_pts(ci_interval(m, "overall", "dice")) + "."]
     ext = _extremes(m)
-    if ext and "dice_delta" in m["fairness"]:
+    if "dice_delta" in m["fairness"] and not _number(m["fairness"]["dice_delta"]):
+        missing = ", ".join(map(str, m.get("missing_groups") or [])) or "a group"
+        name = (m.get("convention") or {}).get("name", "this")
+        out.append(f"The Dice gap and the ES-Dice scores are not defined under the {name} convention: {missing} "
+                   "has no test image.")
+    elif ext and "dice_delta" in m["fairness"]:
         out.append(f"The Dice gap between {_between(m)} is {_pts(m['fairness']['dice_delta'])} points"
                    + _ci_pts(ci_interval(m, "fairness", "dice_delta"))
-                   + f"; ES-Dice is {m['fairness'].get('es_dice_sum', math.nan):.3f} (sum form) and "
-                   f"{m['fairness'].get('es_dice_std', math.nan):.3f} (std form).")
+                   + f"; ES-Dice is {_f3(m['fairness'].get('es_dice_sum'))} (sum form) and "
+                   f"{_f3(m['fairness'].get('es_dice_std'))} (std form).")
     return out
 
 

@@ -2,7 +2,9 @@
 
 Writes one run folder (atomically): config.yaml, metrics.json, per_sample.csv, leakage.json for
 the model as given; with a patch also deployed/ (the model with the patch switched off),
-paired.json and frozen_check.json; then the report.
+paired.json and frozen_check.json; with `save_predictions`, every predicted mask under
+predictions/ (and deployed/predictions/); then the report. The metric convention (applefair,
+fairseg, fairmedfm) is recorded in metrics.json and paired.json.
 """
 
 from __future__ import annotations
@@ -20,10 +22,12 @@ from applefair.apple.patch import PatchedSegmentor, attach
 from applefair.data import load_dataset
 from applefair.data.groups import GroupSpec, build_group_spec
 from applefair.data.manifest import SegmentationDataset
+from applefair.data.writers import save_predictions
 from applefair.engine import distributed, runfolder
 from applefair.engine.config import Device, Settings
 from applefair.engine.device import resolve_device
 from applefair.errors import InputError
+from applefair.metrics.conventions import get_convention
 from applefair.metrics.evaluate import Evaluation, score, summarise
 from applefair.metrics.leakage import PROBES
 from applefair.metrics.segmentation import METRICS
@@ -46,7 +50,9 @@ class EvaluateSettings(Settings):
     options: dict[str, str] = Field(default_factory=dict)  # reader options (see applefair.data.formats)
     size: int | None = Field(None, gt=0)  # resize every sample to size x size (as the model was trained)
     metrics: str = ",".join(METRICS)
-    nsd_tolerance: float = Field(2.0, ge=0)
+    convention: str = "applefair"  # metric convention: applefair, fairseg, fairmedfm (docs/metrics.md)
+    nsd_tolerance: float | None = Field(None, ge=0)  # None: the convention's (applefair 2 px, fairseg 5 px)
+    save_predictions: bool = False  # write every predicted mask (PNG; named by sample id) under predictions/
     bootstrap: int = Field(1000, ge=0)
     level: float = Field(0.95, gt=0, lt=1)
     leakage: bool = True
@@ -114,6 +120,7 @@ def run_evaluation(st: EvaluateSettings, out: str | os.PathLike, *, overwrite: b
         if getattr(st, key) is None:
             raise InputError(f"--{key} is required (on the command line or as '{key}' in --config)")
     metrics = st.metric_names
+    get_convention(st.convention)  # an unknown convention is bad input before anything is read
     device = resolve_device(st.device)
     frame = load_dataset(st.data, format=st.format, **st.options)
     net, mspec = load_model_dir(st.model)
@@ -130,6 +137,7 @@ def run_evaluation(st: EvaluateSettings, out: str | os.PathLike, *, overwrite: b
         ev = evaluate_change(patched if patched is not None else net, ds, spec, sites=sites if st.leakage else (),
                              bootstrap=st.bootstrap, seed=st.seed, level=st.level, leakage=st.leakage,
                              folds=st.folds, metrics=metrics, nsd_tolerance=st.nsd_tolerance,
+                             convention=st.convention, keep_predictions=st.save_predictions,
                              batch_size=st.batch_size, device=device, quiet=quiet)
         frozen = check.verify()
     finally:
@@ -149,6 +157,11 @@ def run_evaluation(st: EvaluateSettings, out: str | os.PathLike, *, overwrite: b
                                        ev.before.per_sample)
             runfolder.write_paired(stage, ev.paired)
             runfolder.write_frozen_check(stage, frozen)
+        if st.save_predictions:
+            save_predictions(stage / runfolder.PREDICTIONS, ev.after.per_sample["id"], ev.after.predictions)
+            if ev.before is not None:
+                save_predictions(stage / runfolder.DEPLOYED / runfolder.PREDICTIONS, ev.before.per_sample["id"],
+                                 ev.before.predictions)
         write_reports(stage)  # report.html, report.md, tables/, plots/
     return result
 

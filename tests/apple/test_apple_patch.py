@@ -118,3 +118,53 @@ def test_a_site_takes_one_live_patch_at_a_time(apple_setup):
     second = PatchedSegmentor(net, perturbers_for(net, [spec.site], x, 8, "conv"))  # fine once removed
     second.remove()
     first.remove()  # removing twice is harmless
+
+
+def test_a_patch_knows_its_model(apple_setup, tmp_path, tiny_manifest, capsys, monkeypatch):
+    """attach() compares the deployed weights' hash stored in the patch with the model's: other weights of the
+    same architecture are refused (one line naming both hashes), or attached with a warning when not strict;
+    `evaluate --patch` does the same, exit code 2."""
+    import sys
+    import warnings
+
+    from applefair.apple.patch import PatchMismatchWarning, attach
+    from applefair.engine.io import state_dict_hash
+    from applefair.models.registry import create_segmentor, save_model_dir
+
+    net, spec, _, _ = apple_setup
+    patched, _ = _random_patch(net, spec)
+    path = tmp_path / "patch.safetensors"
+    save_patch(path, patched, {"groups": {"attribute": "sex", "groups": ["F", "M"]},
+                               "deployed_weights_sha256": state_dict_hash(net)})
+    patched.remove()
+    attach(net, path).remove()  # its own model: fine
+    other, _ = create_segmentor(spec.name, seed=123, **spec.args)  # same architecture, other weights
+    mine, theirs = state_dict_hash(net)[:12], state_dict_hash(other)[:12]
+    assert mine != theirs
+    with pytest.raises(InputError, match=f"sha256 {mine}.*are {theirs}"):
+        attach(other, path)
+    assert not any(getattr(m, "_applefair_patched", False) for m in other.modules())  # nothing left attached
+    with pytest.warns(PatchMismatchWarning, match=mine):
+        attach(other, path, strict=False).remove()
+    # the command line: exit 2 and one line; --no-strict evaluates anyway
+    save_model_dir(tmp_path / "other", other, spec)
+    from applefair.cli import main
+
+    def run(*extra):
+        monkeypatch.setattr(sys, "argv", ["applefair", "evaluate", "--data", str(tiny_manifest), "--model",
+                                          str(tmp_path / "other"), "--patch", str(path), "--attribute", "sex",
+                                          "--bootstrap", "0", "--no-leakage", "--quiet", *extra])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                main()
+            except SystemExit as exc:
+                return int(exc.code or 0)
+        return 0
+
+    assert run("--out", str(tmp_path / "refused")) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and mine in err and theirs in err
+    assert not (tmp_path / "refused").exists()
+    assert run("--out", str(tmp_path / "forced"), "--no-strict") == 0
+    assert (tmp_path / "forced" / "metrics.json").is_file()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
@@ -11,7 +12,7 @@ import torch
 from torch import nn
 
 from applefair.apple.perturber import build_perturber, latent_channels
-from applefair.engine.io import load_tensors, save_tensors
+from applefair.engine.io import load_tensors, save_tensors, state_dict_hash
 from applefair.errors import InputError
 from applefair.models.sites import find_module
 
@@ -173,11 +174,36 @@ def read_patch_header(path: str | os.PathLike) -> dict:
     return {k: (json.loads(v) if k != "format" else v) for k, v in header.items()}
 
 
-def attach(net: nn.Module, path: str | os.PathLike) -> PatchedSegmentor:
-    """Attach a saved patch (perturbers + sites) to the unchanged deployed model."""
+class PatchMismatchWarning(UserWarning):
+    """A patch attached (with `strict=False`) to weights other than those it was fitted on."""
+
+
+def check_fits(net: nn.Module, meta: Mapping, path: str | os.PathLike, strict: bool = True) -> None:
+    """A patch is fitted to one deployed model: its header holds that model's SHA-256. Attaching it to other
+    weights (even of the same architecture) is refused (`strict`), or warned about."""
+    expected = meta.get("deployed_weights_sha256")
+    if not expected:
+        return  # a patch from before the hash was stored: nothing to compare
+    found = state_dict_hash(net)
+    if found == expected:
+        return
+    message = (f"{path}: the patch was fitted to a deployed model with weights sha256 {expected[:12]}…, "
+               f"this model's are {found[:12]}… (attach it to the model it was fitted on; strict=False or "
+               "--no-strict attaches it anyway)")
+    if strict:
+        raise InputError(message)
+    warnings.warn(message, PatchMismatchWarning, stacklevel=3)
+
+
+def attach(net: nn.Module, path: str | os.PathLike, strict: bool = True) -> PatchedSegmentor:
+    """Attach a saved patch (perturbers + sites) to the unchanged deployed model it was fitted on.
+
+    The deployed weights' hash stored in the patch must match `net`'s: a mismatch is an InputError,
+    or with `strict=False` a `PatchMismatchWarning`."""
     tensors = load_tensors(path)
     header = read_patch_header(path)
     sites, meta = header["sites"], header.get("meta", {})
+    check_fits(net, meta, path, strict)
     specs = header.get("perturbers")
     if specs is None:  # patches written before specs were stored: U-shaped, width from the config
         width = int(meta.get("apple", {}).get("width", 32))

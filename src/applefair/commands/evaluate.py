@@ -18,6 +18,8 @@ def evaluate(
     data: Path = typer.Option(None, "--data", help="Dataset: a manifest CSV or a dataset folder (see --format)."),
     model: Path = typer.Option(None, "--model", help="Deployed model folder (model.yaml + model.safetensors)."),
     patch: Path | None = typer.Option(None, "--patch", help="Fairness patch (patch.safetensors) to attach."),
+    strict: bool = typer.Option(None, "--strict/--no-strict", help="Refuse a patch fitted to other weights than "
+                                                                   "--model's (default); --no-strict warns."),
     attribute: list[str] = typer.Option(None, "--attribute", "-a",
                                         help="Sensitive attribute (a group spec such as 'sex' or 'age:0,60,inf'); "
                                              "give it twice to evaluate the intersection."),
@@ -66,7 +68,7 @@ def evaluate(
     st = resolve_settings(EvaluateSettings, config, data=_str(data), model=_str(model), patch=_str(patch),
                           attribute=attribute or None, groups=groups, split=split, format=data_format or None,
                           size=size, metrics=metrics, convention=convention, nsd_tolerance=nsd_tolerance,
-                          save_predictions=save_predictions, bootstrap=bootstrap, level=level,
+                          save_predictions=save_predictions, strict=strict, bootstrap=bootstrap, level=level,
                           leakage=leakage, folds=folds, seed=seed, batch_size=batch_size, device=device)
     st.options = {**st.options, **parse_options(option)}
     result = run_evaluation(st, out, overwrite=overwrite, quiet=quiet)

@@ -53,6 +53,7 @@ class EvaluateSettings(Settings):
     convention: str = "applefair"  # metric convention: applefair, fairseg, fairmedfm (docs/metrics.md)
     nsd_tolerance: float | None = Field(None, ge=0)  # None: the convention's (applefair 2 px, fairseg 5 px)
     save_predictions: bool = False  # write every predicted mask (PNG; named by sample id) under predictions/
+    strict: bool = True  # refuse a patch fitted to other weights than the model's (else a warning)
     bootstrap: int = Field(1000, ge=0)
     level: float = Field(0.95, gt=0, lt=1)
     leakage: bool = True
@@ -125,7 +126,7 @@ def run_evaluation(st: EvaluateSettings, out: str | os.PathLike, *, overwrite: b
     frame = load_dataset(st.data, format=st.format, **st.options)
     net, mspec = load_model_dir(st.model)
     net.to(device).eval()
-    patched = attach(net, st.patch).to(device) if st.patch is not None else None
+    patched = attach(net, st.patch, strict=st.strict).to(device) if st.patch is not None else None
     spec = build_group_spec(st.attribute, st.groups, getattr(patched, "groups", None) if patched else None)
     notes = fit_groups(spec, frame)
     ds = SegmentationDataset(frame, spec, st.split, **({"size": st.size} if st.size else {}))

@@ -4,8 +4,9 @@ Every evaluation of the package goes through `score`: APPLE's per-epoch validati
 baselines' selection, `evaluate`, `mitigate`, `demo` and each `compare` cell. One pass over the
 split gives the per-sample table (id, group, one column per metric) and, for each captured module
 (a latent site: the perturbed site, a skip the decoder reads), the pooled statistics of its output
-per sample. Capturing hooks the site's module, so for a patched model it sees f_p (the perturber's
-hook runs first) and f_o when the perturbers are switched off.
+per sample, and when asked (`keep_maps`) the maps themselves, downsampled to at most 16 x 16 and stored
+as float16, for the spatial probe. Capturing hooks the site's module, so for a patched model it sees
+f_p (the perturber's hook runs first) and f_o when the perturbers are switched off.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from applefair.engine.device import module_device, to_device
 from applefair.engine.progress import progress_bar
 from applefair.metrics.conventions import Convention, get_convention
 from applefair.metrics.frame import MetricFrame
-from applefair.metrics.leakage import PROBES, pool_latent, probe_auc, site_leakage
+from applefair.metrics.leakage import ALL_PROBES, pool_latent, probe_auc, site_leakage
 from applefair.metrics.segmentation import per_sample_metrics
+from applefair.metrics.spatial import spatial_maps
 from applefair.models.forward import segment
 
 
@@ -42,6 +44,8 @@ class Scored:
     groups: GroupSpec
     convention: Convention = field(default_factory=get_convention)  # how the per-sample scores were computed
     predictions: list[np.ndarray] | None = None  # per sample, when asked for: binary mask or label map
+    maps: dict[str, np.ndarray] | None = None  # per site, when asked for: (N, C, h, w) float16, h, w <= 16
+    roles: dict[str, str] = field(default_factory=dict)  # per site: perturbed, skip or bottleneck (when known)
     _frames: dict = field(default_factory=dict, repr=False)
 
     def frame(self, *, bootstrap: int = 0, seed: int = 0, level: float = 0.95) -> MetricFrame:
@@ -72,7 +76,8 @@ def score(model: nn.Module, dataset: SegmentationDataset, groups: GroupSpec, *,
           class_names: Sequence[str] | None = None, nsd_tolerance: float | None = None, batch_size: int = 32,
           device: str | torch.device | None = None, quiet: bool = True,
           replay: Callable[[dict], AbstractContextManager] | None = None,
-          convention: str | Convention | None = None, keep_predictions: bool = False) -> Scored:
+          convention: str | Convention | None = None, keep_predictions: bool = False,
+          keep_maps: bool = False) -> Scored:
     """Run `model` over `dataset` (eval mode, in order), score every sample, capture decoder inputs.
 
     `capture`: {site name: module}; the pooled per-channel mean and std of each module's output are
@@ -80,7 +85,9 @@ def score(model: nn.Module, dataset: SegmentationDataset, groups: GroupSpec, *,
     if given, is a context entered around each batch's forward pass (APPLE's latent cache replays
     the frozen encoder with it). `convention` (metric convention; `nsd_tolerance` None: its tolerance)
     scores every sample; `keep_predictions` keeps each predicted mask (binary, or a label map for a
-    softmax head) to be written to disk.
+    softmax head) to be written to disk; `keep_maps` keeps each captured site's output as a map of at most
+    16 x 16 (`metrics.spatial.spatial_maps`, float16) for the spatial probe. What `score` returns is otherwise
+    the same with or without them.
     """
     conv = get_convention(convention)
     if nsd_tolerance is not None:
@@ -91,8 +98,14 @@ def score(model: nn.Module, dataset: SegmentationDataset, groups: GroupSpec, *,
     was = model.training
     model.eval()
     pooled: dict[str, list[torch.Tensor]] = {s: [] for s in capture}
-    hooks = [m.register_forward_hook(lambda _m, _i, out, s=s: pooled[s].append(
-        pool_latent(out.detach().float()).cpu())) for s, m in capture.items()]
+    maps: dict[str, list[torch.Tensor]] = {s: [] for s in capture}
+
+    def keep(site: str, out: torch.Tensor) -> None:
+        pooled[site].append(pool_latent(out.detach().float()).cpu())
+        if keep_maps:
+            maps[site].append(spatial_maps(out).cpu())
+
+    hooks = [m.register_forward_hook(lambda _m, _i, out, s=s: keep(s, out)) for s, m in capture.items()]
     rows, gids = [], []
     try:
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
@@ -121,19 +134,25 @@ def score(model: nn.Module, dataset: SegmentationDataset, groups: GroupSpec, *,
     if frame.empty:
         frame = pd.DataFrame(columns=["id", "group", *metrics])
     latents = {s: torch.cat(v).numpy() if v else np.zeros((0, 0)) for s, v in pooled.items()}
-    return Scored(frame, latents, np.asarray(gids, dtype=np.int64), groups, conv, kept)
+    kept_maps = {s: torch.cat(v).numpy() for s, v in maps.items() if v} if keep_maps else None
+    return Scored(frame, latents, np.asarray(gids, dtype=np.int64), groups, conv, kept, kept_maps)
 
 
-def probe_leakage(before: Scored, after: Scored | None = None, *, probes: Sequence[str] = PROBES, folds: int = 5,
-            seed: int = 0, resamples: int = 1000, level: float = 0.95) -> dict[str, dict]:
-    """The leakage.json content: per captured site, fresh probes on f_o (`before`) and, for a patched
-    model, on f_p (`after`), with bootstrap CIs; group counts by name."""
+def probe_leakage(before: Scored, after: Scored | None = None, *, probes: Sequence[str] = ALL_PROBES, folds: int = 5,
+                  seed: int = 0, resamples: int = 1000, level: float = 0.95,
+                  roles: Mapping[str, str] | None = None) -> dict[str, dict]:
+    """The leakage.json content: per captured site (decoder input), fresh probes on f_o (`before`) and, for a
+    patched model, on f_p (`after`), with bootstrap CIs; group counts by name; the site's role when known.
+    The spatial probe runs where maps were kept (`score(..., keep_maps=True)`)."""
     groups = before.groups
+    roles = {**before.roles, **(after.roles if after is not None else {}), **(roles or {})}
     out: dict[str, dict] = {}
     for s in before.latents:
+        maps_before = (before.maps or {}).get(s)
+        maps_after = (after.maps or {}).get(s) if after is not None else None
         entry = site_leakage(before.latents[s], after.latents.get(s) if after is not None else None,
-                             before.group_ids, probes=probes, folds=folds, seed=seed, resamples=resamples,
-                             level=level)
+                             before.group_ids, maps_before=maps_before, maps_after=maps_after, role=roles.get(s),
+                             probes=probes, folds=folds, seed=seed, resamples=resamples, level=level)
         entry["n_per_group"] = {groups.name(int(k)): v for k, v in entry["n_per_group"].items()}
         out[s] = {"attribute": groups.attribute, **entry}
     return out
@@ -142,7 +161,7 @@ def probe_leakage(before: Scored, after: Scored | None = None, *, probes: Sequen
 @dataclass
 class Evaluation:
     """A model on a split, optionally beside the deployed model it replaces: per-group metrics with CIs,
-    the paired change (after - before), and fresh-probe leakage at the captured sites."""
+    the paired change (after - before), fresh-probe leakage at the captured sites, and the use measure."""
 
     after: Scored  # the model evaluated (patched, retrained, or the deployed model itself)
     frame: MetricFrame
@@ -150,10 +169,11 @@ class Evaluation:
     before_frame: MetricFrame | None = None
     paired: dict | None = None
     leakage: dict[str, dict] | None = None
+    use: dict[str, dict] | None = None  # use.json: {model label: use-measure entry} (`metrics.use`), when asked
 
 
 def summarise(after: Scored, before: Scored | None = None, *, bootstrap: int = 1000, seed: int = 0,
-              level: float = 0.95, leakage: bool = True, probes: Sequence[str] = PROBES,
+              level: float = 0.95, leakage: bool = True, probes: Sequence[str] = ALL_PROBES,
               folds: int = 5) -> Evaluation:
     """Frames (bootstrap CIs), the paired comparison when `before` is given, and leakage per site.
 

@@ -1,9 +1,11 @@
 """Attribute leakage: can a *fresh* probe read the group from what the decoder receives?
 
-The probe is never the discriminator used in training: new probes (a logistic regression and a
-small MLP, scikit-learn) on globally pooled latents (per-channel mean and std), scored by ROC AUC of
-their cross-validated (out-of-fold) predictions on the test split — one-vs-rest macro AUC for more
-than two groups. 0.5 means the group cannot be read; 1.0 means it can be read perfectly.
+The probe is never the discriminator used in training: three new probes of fixed budget — a logistic
+regression and a small MLP (scikit-learn) on globally pooled latents (per-channel mean and std), and a
+small conv net on the latent maps (`metrics.spatial`), which sees cues that live in *where* something
+is — scored by ROC AUC of their cross-validated (out-of-fold) predictions on the test split, over the
+same stratified folds; one-vs-rest macro AUC for more than two groups. 0.5 means the group cannot be
+read; 1.0 means it can be read perfectly.
 
 The CI is a bootstrap over test samples (stratified by group) of the out-of-fold predictions: it
 covers which test images were drawn, not the randomness of refitting the probe.
@@ -27,8 +29,11 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from applefair.metrics.bootstrap import draw_indices, percentile_ci, strata_of
+from applefair.metrics.spatial import out_of_fold_maps
 
-PROBES = ("logistic", "mlp")
+PROBES = ("logistic", "mlp")  # the pooled probes (scikit-learn)
+ALL_PROBES = (*PROBES, "spatial")  # "spatial" reads maps (`metrics.spatial`)
+ROLES = ("perturbed", "skip", "bottleneck")  # what a decoder input is (leakage.json `role`)
 POOLS = ("mean", "meanstd")
 
 
@@ -54,6 +59,8 @@ def pool_latent(f: torch.Tensor, how: str = "meanstd", fixed_width: bool = False
 def make_probe(kind: str, seed: int = 0):
     """A fresh, standardised probe: 'logistic' or 'mlp' (one hidden layer of 32 units, L-BFGS, L2 0.1:
     test splits are small, so an unregularised or Adam-trained MLP overfits and under-reads leakage)."""
+    if kind == "spatial":
+        raise ValueError("the spatial probe reads maps: use out_of_fold(maps, groups, 'spatial')")
     if kind == "logistic":
         clf = LogisticRegression(max_iter=2000, C=1.0)
     elif kind == "mlp":
@@ -63,22 +70,38 @@ def make_probe(kind: str, seed: int = 0):
     return make_pipeline(StandardScaler(), clf)
 
 
-def out_of_fold(features: np.ndarray, groups: np.ndarray, kind: str = "logistic", folds: int = 5,
-                seed: int = 0) -> tuple[np.ndarray, np.ndarray] | None:
-    """Cross-validated class probabilities of the known-group samples: (labels, proba), or None when
-    fewer than two groups have at least two samples. Groups with a single sample are left out."""
+def folds_of(groups: np.ndarray, folds: int = 5, seed: int = 0
+             ) -> tuple[np.ndarray, np.ndarray, list[tuple[np.ndarray, np.ndarray]]] | None:
+    """The probes' shared cross-validation: (kept rows, their labels 0..K-1, stratified folds), or None when
+    fewer than two groups have at least two samples. Unknown groups and groups of one sample are left out."""
     g = np.asarray(groups)
     classes, counts = np.unique(g[g >= 0], return_counts=True)
     keep = np.isin(g, classes[counts >= 2])
-    x, y = np.asarray(features, dtype=np.float64)[keep], g[keep]
+    y = g[keep]
     classes, counts = np.unique(y, return_counts=True)
     if len(classes) < 2:
         return None
     y = np.searchsorted(classes, y)  # ids 0..K-1 of the groups present
     cv = StratifiedKFold(n_splits=int(min(folds, counts.min())), shuffle=True, random_state=seed)
+    return np.flatnonzero(keep), y, list(cv.split(np.zeros(len(y)), y))
+
+
+def out_of_fold(features: np.ndarray, groups: np.ndarray, kind: str = "logistic", folds: int = 5,
+                seed: int = 0) -> tuple[np.ndarray, np.ndarray] | None:
+    """Cross-validated class probabilities of the known-group samples: (labels, proba), or None when
+    fewer than two groups have at least two samples. Groups with a single sample are left out.
+    `kind="spatial"` takes maps (N, C, h, w) as `features`; the others a (N, F) table."""
+    split = folds_of(groups, folds, seed)
+    if split is None:
+        return None
+    rows, y, splits = split
+    k = int(y.max()) + 1
+    if kind == "spatial":
+        return y, out_of_fold_maps(np.asarray(features)[rows], y, splits, k, seed)
+    x = np.asarray(features, dtype=np.float64)[rows]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        proba = cross_val_predict(make_probe(kind, seed), x, y, cv=cv, method="predict_proba")
+        proba = cross_val_predict(make_probe(kind, seed), x, y, cv=splits, method="predict_proba")
     return y, proba
 
 
@@ -111,11 +134,14 @@ def probe_auc(features: np.ndarray, groups: np.ndarray, folds: int = 5, seed: in
 
 
 def probe_report(features: np.ndarray, groups: np.ndarray, probes: Sequence[str] = PROBES, folds: int = 5,
-                 seed: int = 0, resamples: int = 1000, level: float = 0.95) -> dict[str, dict]:
-    """{probe: {'auc', 'auc_ci'}} for each probe kind."""
+                 seed: int = 0, resamples: int = 1000, level: float = 0.95,
+                 maps: np.ndarray | None = None) -> dict[str, dict]:
+    """{probe: {'auc', 'auc_ci'}} for each probe kind; 'spatial' reads `maps` (skipped when there are none)."""
     out = {}
     for kind in probes:
-        res = out_of_fold(features, groups, kind, folds, seed)
+        if kind == "spatial" and maps is None:
+            continue
+        res = out_of_fold(maps if kind == "spatial" else features, groups, kind, folds, seed)
         if res is None:
             out[kind] = {"auc": math.nan, "auc_ci": [math.nan, math.nan]}
             continue
@@ -124,26 +150,34 @@ def probe_report(features: np.ndarray, groups: np.ndarray, probes: Sequence[str]
     return out
 
 
-def site_leakage(before: np.ndarray, after: np.ndarray | None, groups: np.ndarray, **kw) -> dict:
-    """Leakage at one site: f_o (`before`) and, for a patched model, f_p (`after`).
+def site_leakage(before: np.ndarray, after: np.ndarray | None, groups: np.ndarray, *,
+                 maps_before: np.ndarray | None = None, maps_after: np.ndarray | None = None,
+                 role: str | None = None, **kw) -> dict:
+    """Leakage at one decoder input: f_o (`before`) and, for a patched model, f_p (`after`); pooled statistics
+    for the logistic and MLP probes, maps (`maps_before`/`maps_after`) for the spatial probe.
 
     Keys: ``auc_before``/``auc_after`` (logistic probe), ``auc_before_ci``..., ``mlp_auc_before``...,
-    and ``auc`` / ``mlp_auc`` for what the decoder actually receives (f_p if patched, else f_o).
+    ``spatial_auc_before``..., and ``auc`` / ``mlp_auc`` / ``spatial_auc`` for what the decoder actually
+    receives (f_p if patched, else f_o); ``role`` (perturbed, skip, bottleneck) when given.
     """
     g = np.asarray(groups)
     known = g[g >= 0]
     ids, counts = np.unique(known, return_counts=True)
     out: dict = {"n": int(known.size), "n_per_group": {int(k): int(v) for k, v in zip(ids, counts, strict=True)},
                  "patched": after is not None, "features": int(before.shape[1])}
-    for when, feats in (("before", before), ("after", after)):
+    if role is not None:
+        out = {"role": role, **out}
+    if maps_before is not None:
+        out["map_shape"] = [int(s) for s in np.shape(maps_before)[1:]]
+    for when, feats, maps in (("before", before, maps_before), ("after", after, maps_after)):
         if feats is None:
             continue
-        for kind, res in probe_report(feats, g, **kw).items():
+        for kind, res in probe_report(feats, g, maps=maps, **kw).items():
             pre = "" if kind == "logistic" else f"{kind}_"
             out[f"{pre}auc_{when}"] = res["auc"]
             out[f"{pre}auc_{when}_ci"] = res["auc_ci"]
     seen = "after" if after is not None else "before"
-    for pre in [""] + [f"{k}_" for k in kw.get("probes", PROBES) if k != "logistic"]:
+    for pre in [""] + [f"{k}_" for k in ALL_PROBES if k != "logistic"]:
         if f"{pre}auc_{seen}" in out:
             out[f"{pre}auc"] = out[f"{pre}auc_{seen}"]
             out[f"{pre}auc_ci"] = out[f"{pre}auc_{seen}_ci"]

@@ -84,10 +84,22 @@ def test_paired_and_leakage_outputs(patched_run):
     assert len(gap["ci"]) == 2 and isinstance(gap["excludes_zero"], bool)
     assert set(paired["wilcoxon"]) == {"overall", "F", "M"}
     leakage = _strict_json(patched_run / "leakage.json")
-    (site, entry), = leakage.items()
-    auc_keys = [k for k in entry if "auc" in k]
-    assert {"auc_before", "auc_after", "mlp_auc_before", "mlp_auc_after", "auc"} <= set(auc_keys)
-    assert entry["patched"] and entry["n_per_group"].keys() == {"F", "M"}
+    # every decoder input: the three skips of the tiny U-Net, then the bottleneck, which the patch perturbs
+    assert [e["role"] for e in leakage.values()] == ["skip", "skip", "skip", "perturbed"]
+    for entry in leakage.values():
+        auc_keys = [k for k in entry if "auc" in k]
+        assert {"auc_before", "auc_after", "mlp_auc_before", "mlp_auc_after", "spatial_auc_before",
+                "spatial_auc_after", "spatial_auc_after_ci", "auc", "spatial_auc"} <= set(auc_keys)
+        assert entry["patched"] and entry["n_per_group"].keys() == {"F", "M"}
+    skip = next(iter(leakage.values()))  # a skip is not perturbed: the same latent before and after
+    assert skip["auc_before"] == skip["auc_after"] and skip["spatial_auc_before"] == skip["spatial_auc_after"]
+    use = _strict_json(patched_run / "use.json")
+    assert set(use) == {"deployed", "patched"}
+    for entry in use.values():
+        assert entry["statistic"] == "map" and list(entry["sites"].values()) == ["skip", "skip", "skip", "perturbed"]
+        assert {"output_change", "output_change_ci", "null_output_change", "p_value", "used", "worst_group",
+                "verdict"} <= set(entry)
+        assert set(entry["groups"]) == {"F", "M"}
 
 
 def test_intersection_of_two_attributes_without_patch(tiny_manifest, model_and_patch, tmp_path):

@@ -44,6 +44,15 @@ def evaluate(
     bootstrap: int = typer.Option(None, "--bootstrap", help="Bootstrap resamples for CIs; 0: no CIs (default 1000)."),
     level: float = typer.Option(None, "--level", help="Confidence level of the intervals (default 0.95)."),
     leakage: bool = typer.Option(None, "--leakage/--no-leakage", help="Fit fresh probes on the latents (default on)."),
+    probe: str = typer.Option(None, "--probe", help="Where to probe and measure use: 'decoder' (every input the "
+                                                    "decoder receives: skips, bottleneck, patched sites; default) "
+                                                    "or 'patched' (the patched site(s) only)."),
+    use: bool = typer.Option(None, "--use/--no-use", help="Measure whether the output depends on the group "
+                                                          "statistics of the decoder's inputs (use.json; default on)."),
+    use_statistic: str = typer.Option(None, "--use-statistic", help="What the use measure moves: 'map' (mean latent "
+                                                                    "map + channel spread; default) or 'channel'."),
+    use_permutations: int = typer.Option(None, "--use-permutations", help="Group relabelings that give the use "
+                                                                          "measure's null level (default 10)."),
     folds: int = typer.Option(None, "--folds", help="Cross-validation folds of the leakage probes (default 5)."),
     seed: int = typer.Option(None, "--seed", help="Seed of the bootstrap and the probes (default 0)."),
     batch_size: int = typer.Option(None, "--batch-size", help="Images per forward pass (default 32)."),
@@ -55,9 +64,10 @@ def evaluate(
 ) -> None:
     """Evaluate a deployed model (and its fairness patch) per group, with CIs and attribute leakage.
 
-    Writes metrics.json, per_sample.csv and leakage.json; with --patch also deployed/ (the model
-    without the patch), paired.json (change after - before with paired CIs and Wilcoxon tests)
-    and frozen_check.json.
+    Writes metrics.json, per_sample.csv, leakage.json (three fresh probes at every decoder input) and
+    use.json (does the output depend on the group?); with --patch also deployed/ (the model without
+    the patch), paired.json (change after - before with paired CIs and Wilcoxon tests) and
+    frozen_check.json.
 
     Example: applefair evaluate --data data/ --model deployed/ --patch patch.safetensors --attribute sex --out eval/
     """
@@ -69,13 +79,16 @@ def evaluate(
                           attribute=attribute or None, groups=groups, split=split, format=data_format or None,
                           size=size, metrics=metrics, convention=convention, nsd_tolerance=nsd_tolerance,
                           save_predictions=save_predictions, strict=strict, bootstrap=bootstrap, level=level,
-                          leakage=leakage, folds=folds, seed=seed, batch_size=batch_size, device=device)
+                          leakage=leakage, probe=probe, use=use, use_statistic=use_statistic,
+                          use_permutations=use_permutations, folds=folds, seed=seed, batch_size=batch_size,
+                          device=device)
     st.options = {**st.options, **parse_options(option)}
     result = run_evaluation(st, out, overwrite=overwrite, quiet=quiet)
     for note in result.warnings:
         out_console.print(f"[yellow]warning:[/yellow] {escape(note)}", highlight=False)
     _print_summary(result)
     out_console.print(f"Wrote {out}/metrics.json, per_sample.csv" + (", leakage.json" if st.leakage else "")
+                      + (", use.json" if result.evaluation.use is not None else "")
                       + (", paired.json" if st.patch else ""))
 
 
@@ -119,11 +132,50 @@ def _print_summary(result) -> None:
             cells.append(_fmt(p.get("diff"), p.get("ci")) + (" *" if p.get("excludes_zero") else ""))
         fair.add_row(*cells)
     out_console.print(fair)
-    for site, v in (result.evaluation.leakage or {}).items():
-        text = f"Leakage at {site}: probe AUC (logistic) {_fmt(v.get('auc_before'), v.get('auc_before_ci'), 3)}"
-        if "auc_after" in v:
-            text += f" before -> {_fmt(v.get('auc_after'), v.get('auc_after_ci'), 3)} after"
-        out_console.print(text)
+    print_leakage(result.evaluation.leakage)
+    print_use(result.evaluation.use)
+    if paired is not None:
+        from applefair.metrics.outcome import classify_outcome
+
+        out_console.print(classify_outcome(paired, result.evaluation.leakage, result.evaluation.use).sentence,
+                          highlight=False)
+
+
+PROBE_COLUMNS = (("", "logistic"), ("mlp_", "MLP"), ("spatial_", "spatial"))
+
+
+def _auc_cell(v: dict, pre: str) -> str:
+    """'0.98 -> 0.71 [0.60, 0.80]' for a patched model (the interval of what the decoder now receives), else
+    '0.98 [0.95, 1.00]'."""
+    if f"{pre}auc_after" in v:
+        return (f"{_fmt(v.get(f'{pre}auc_before'), None, 2)} -> "
+                f"{_fmt(v.get(f'{pre}auc_after'), v.get(f'{pre}auc_after_ci'), 2)}")
+    key = f"{pre}auc_before" if f"{pre}auc_before" in v else f"{pre}auc"
+    return _fmt(v.get(key), v.get(f"{key}_ci"), 2) if key in v else ""
+
+
+def print_leakage(leakage: dict | None, console: Console | None = None) -> None:
+    """One row per decoder input: its role and the three fresh probes' AUCs (before -> after when patched)."""
+    if not leakage:
+        return
+    patched = any("auc_after" in v for v in leakage.values())
+    table = Table(title="Attribute leakage: fresh-probe AUC per decoder input" + (" (before -> after)" if patched
+                                                                                   else "") + " (95% CI)")
+    for col in ("decoder input", "role", *(name for _, name in PROBE_COLUMNS)):
+        table.add_column(col, justify="left" if col in ("decoder input", "role") else "right")
+    for site, v in leakage.items():
+        table.add_row(escape(site), str(v.get("role", "")), *(_auc_cell(v, pre) for pre, _ in PROBE_COLUMNS))
+    (console or out_console).print(table)
+
+
+def print_use(use: dict | None, console: Console | None = None) -> None:
+    """One line per model: the use measure (use.json)."""
+    from applefair.report.summary import use_sentence
+
+    for label, entry in (use or {}).items():
+        line = use_sentence(label, entry)
+        if line:
+            (console or out_console).print(escape(line), highlight=False)
 
 
 def aggregate_seeds_cmd(

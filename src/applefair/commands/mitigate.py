@@ -8,6 +8,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from applefair.commands.evaluate import print_leakage, print_use
+
 out_console = Console()
 
 
@@ -31,13 +33,19 @@ def mitigate(
     export: bool = typer.Option(False, "--export", help="Also export the mitigated model to TorchScript and ONNX."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run folder."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (auto: a GPU when there is one)."),
+    probe: str = typer.Option("decoder", "--probe", help="Where the test split is probed and use is measured: "
+                                                         "'decoder' (every decoder input) or 'patched' (the patched "
+                                                         "site(s) only)."),
+    use: bool = typer.Option(True, "--use/--no-use", help="Measure whether each model's output depends on the group "
+                                                          "statistics of its decoder inputs (use.json)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Train a fairness patch for a frozen deployed segmentor (APPLE) and evaluate it.
 
     Writes patch.safetensors (attach with applefair.attach(model, path)), metrics.json and
-    per_sample.csv (test), val/, deployed/ (test metrics of the unchanged model), leakage.json,
-    history.csv, curves.png, checkpoint.safetensors, frozen_check.json, config.yaml and run.log.
+    per_sample.csv (test), val/, deployed/ (test metrics of the unchanged model), leakage.json (three
+    fresh probes at every decoder input), use.json (does each model use the group?), history.csv,
+    curves.png, checkpoint.safetensors, frozen_check.json, config.yaml and run.log; prints the outcome.
 
     Example: applefair mitigate --data runs/demo/data --model runs/demo/deployed --attribute sex --out runs/mitigate
     """
@@ -50,7 +58,7 @@ def mitigate(
     cfg = cfg.replace(epochs=epochs, seed=seed, sites=list(site) if site else None)
     spec = build_group_spec(attribute, groups)
     result = run_mitigation(data, model, out, spec, cfg, method=method, method_options=options, resume=resume,
-                            overwrite=overwrite, export=export, quiet=quiet, device=device)
+                            overwrite=overwrite, export=export, quiet=quiet, device=device, probe=probe, use=use)
     _print(result)
     out_console.print(f"Run folder: {out}" + (f"  patch: {out / PATCH}" if method == "apple" else ""))
 
@@ -66,10 +74,11 @@ def _print(result) -> None:
     for key, label in (("dice_delta", "Dice gap"), ("es_dice_sum", "ES-Dice (sum)")):
         if key in after.fairness:
             table.add_row(label, f"{before.fairness.get(key, float('nan')):.4f}", f"{after.fairness[key]:.4f}")
-    for site, v in (result.test.leakage or {}).items():
-        table.add_row(f"probe AUC at {site}", f"{v.get('auc_before', float('nan')):.3f}",
-                      f"{v.get('auc_after', float('nan')):.3f}")
     out_console.print(table)
+    print_leakage(result.test.leakage, out_console)
+    print_use(result.test.use, out_console)
+    if result.outcome is not None:
+        out_console.print(result.outcome.sentence, highlight=False)
     out_console.print(f"Deployed model unchanged: {'yes' if result.check['unchanged'] else 'NO'}")
 
 

@@ -9,8 +9,10 @@ Evaluations share one layout: ``metrics.json`` (the `metrics.fairness_summary` s
 ``per_sample.csv`` side by side, at the run's top level or in a named sub-folder
 (``before/``, ``after/``, ``deployed/``, ``val/``). ``leakage.json`` has one schema: one entry per
 site (the module path of a latent the decoder receives), each holding that site's probe AUCs
-(``auc_before``/``auc_after``, ``<probe>_auc_before``... with ``_ci`` intervals); an older flat
-schema (``{"sites": [...], "auc_before": x, "auc_after": y}``) is still read and converted.
+(``auc_before``/``auc_after``, ``<probe>_auc_before``... with ``_ci`` intervals) and its ``role``; an
+older flat schema (``{"sites": [...], "auc_before": x, "auc_after": y}``) is still read and converted.
+``use.json`` holds one entry per model evaluated (``deployed``, ``patched``, ``mitigated`` or ``model``):
+the use measure of `metrics.use` (docs/metrics.md).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ REPORT_LOG = "report.log"
 METRICS = "metrics.json"  # per-group metrics, fairness aggregates, CIs
 PER_SAMPLE = "per_sample.csv"  # one row per scored image: id, group, one column per metric
 LEAKAGE = "leakage.json"  # fresh-probe AUCs per site
+USE = "use.json"  # the use measure per model: does the output depend on the group statistics of its inputs?
 FROZEN_CHECK = "frozen_check.json"  # SHA-256 of the deployed weights before/after
 PAIRED = "paired.json"  # change after - before with paired CIs and Wilcoxon tests
 HISTORY = "history.csv"  # one row per training epoch
@@ -72,7 +75,7 @@ LATENT_CACHE = "latent_cache"
 PREDICTIONS = "predictions"  # evaluate --save-predictions: one mask file per sample, named by its id
 
 # what marks a folder as a run folder (`applefair report`)
-RUN_MARKERS = (CONFIG, METRICS, f"*/{METRICS}", HISTORY, LEAKAGE, RESULTS, f"*/{RESULTS}")
+RUN_MARKERS = (CONFIG, METRICS, f"*/{METRICS}", HISTORY, LEAKAGE, USE, RESULTS, f"*/{RESULTS}")
 # sub-folders whose metrics.json is not a test-split evaluation of the run's models
 NOT_EVALUATIONS = frozenset({DATA, TABLES, PLOTS, VALIDATION, "validation", "train", CELLS, "results",
                              "checkpoints", PREDICTIONS})
@@ -108,6 +111,11 @@ def write_evaluation(folder: str | os.PathLike, metrics: Mapping[str, Any], per_
 def write_leakage(root: str | os.PathLike, per_site: Mapping[str, Mapping[str, Any]]) -> None:
     """leakage.json: {site: {auc_before, auc_after, ...}} (the one schema)."""
     write_json(Path(root) / LEAKAGE, json_safe({str(k): dict(v) for k, v in per_site.items()}))
+
+
+def write_use(root: str | os.PathLike, per_model: Mapping[str, Mapping[str, Any]]) -> None:
+    """use.json: {model label: use-measure entry} (the one schema, `metrics.use.use_measure`)."""
+    write_json(Path(root) / USE, json_safe({str(k): dict(v) for k, v in per_model.items()}))
 
 
 def write_frozen_check(root: str | os.PathLike, check: Mapping[str, Any]) -> None:
@@ -230,6 +238,14 @@ def leakage_per_site(leakage: Mapping[str, Any]) -> dict[str, dict]:
 def read_leakage(root: str | os.PathLike) -> dict[str, dict] | None:
     path = Path(root) / LEAKAGE
     return leakage_per_site(read_json_object(path)) if path.is_file() else None
+
+
+def read_use(root: str | os.PathLike) -> dict[str, dict] | None:
+    """use.json as {model label: entry}, or None where the run has none."""
+    path = Path(root) / USE
+    if not path.is_file():
+        return None
+    return {str(k): v for k, v in read_json_object(path).items() if isinstance(v, dict)}
 
 
 def read_optional_object(root: str | os.PathLike, name: str) -> dict | None:

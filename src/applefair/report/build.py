@@ -32,11 +32,12 @@ from applefair.report.tables import (
     evaluation_table,
     leakage_table,
     split_counts,
+    use_table,
 )
 
 log = logging.getLogger("applefair")
 
-TABLE_NAMES = ("results", "data_summary", "leakage", "comparison", "history", "frozen_check", "config")
+TABLE_NAMES = ("results", "data_summary", "leakage", "use", "comparison", "history", "frozen_check", "config")
 PLOT_NAMES = ("group_dice", "dice_distribution", "tradeoff", "training_curves", "overlays")
 
 
@@ -83,12 +84,29 @@ def _leakage(run: RunData) -> Section | None:
     table = leakage_table(run.leakage or {})
     if table is None:
         return None
-    sec = Section("leakage", "Attribute leakage (fresh probe)")
-    sec.text("A new probe, never the discriminator used in training, is cross-validated on the test split to "
-             "predict the group from the pooled latent the decoder receives (f_o before, f_p after). "
-             "AUC 0.5 means no information, 1.0 means fully readable.")
-    return sec.add(Table("leakage", table[0], caption="ROC AUC per latent site (95% CI in brackets where "
-                         "leakage.json has one)", digits=3, display=table[1]))
+    sec = Section("leakage", "Attribute leakage (fresh probes)")
+    sec.text("New probes, never the discriminator used in training, are cross-validated on the test split to "
+             "predict the group from each input the decoder receives (every skip, the bottleneck, the perturbed "
+             "site; f_o before, f_p after): a logistic regression and a small MLP on the pooled latent "
+             "(per-channel mean and std), and a small conv net on the latent map (spatial), which also reads cues "
+             "tied to positions. AUC 0.5 means no information, 1.0 means fully readable.")
+    return sec.add(Table("leakage", table[0], caption="ROC AUC per decoder input (mlp_ and spatial_ keys: those "
+                         "probes; 95% CI in brackets where leakage.json has one)", digits=3, display=table[1]))
+
+
+def _use(run: RunData) -> Section | None:
+    table = use_table(run.use or {})
+    if table is None:
+        return None
+    sec = Section("use", "Use of the group by the decoder (counterfactual)")
+    sec.text("Presence is not use. Each test image's decoder inputs are moved to another group's statistics "
+             "(mean latent map and per-channel spread, at every decoder input at once, before any perturber) and "
+             "the decoder is run again. Output change = 1 - Dice between the new and the original masks; the same "
+             "with the group labels permuted gives the level that sampling noise alone produces. 'Used' means the "
+             "lower CI bound lies above every permuted value. The Dice change against the truth says whether a "
+             "group's prediction gets better with the other groups' statistics: a misused cue shows a gain for the "
+             "worst-off group, missing information does not.")
+    return sec.add(Table("use", table[0], caption="Use measure per model (95% CIs in brackets)", display=table[1]))
 
 
 def _comparison(run: RunData) -> tuple[Section | None, pd.DataFrame | None]:
@@ -184,7 +202,7 @@ def _notes(run: RunData) -> Section:
 
 
 def _inputs(run: RunData) -> list[Path]:
-    names = [rf.CONFIG, rf.METRICS, rf.PER_SAMPLE, rf.LEAKAGE, rf.FROZEN_CHECK, rf.HISTORY, rf.PAIRED, rf.PATCH]
+    names = [rf.CONFIG, rf.METRICS, rf.PER_SAMPLE, rf.LEAKAGE, rf.USE, rf.FROZEN_CHECK, rf.HISTORY, rf.PAIRED, rf.PATCH]
     found = [run.root / n for n in names if (run.root / n).is_file()]
     found += [run.root / e.label / f for e in run.evaluations for f in (rf.METRICS, rf.PER_SAMPLE)
               if (run.root / e.label / f).is_file()]
@@ -223,7 +241,8 @@ def build_sections(run: RunData, overlays: bool = True) -> list[Section]:
         summary.text("This run folder holds no metrics, comparison or training history to summarise.", "note")
     parts: list[Section | None] = [summary]
     for sid, title, make, args in (("results", "Results on the test split", _results, (run,)),
-                                   ("leakage", "Attribute leakage (fresh probe)", _leakage, (run,)),
+                                   ("leakage", "Attribute leakage (fresh probes)", _leakage, (run,)),
+                                   ("use", "Use of the group by the decoder (counterfactual)", _use, (run,)),
                                    ("comparison", "", None, ()),
                                    ("training", "Training curves", _training, (run,)),
                                    ("overlays", "Example overlays", _overlays, (run, overlays)),

@@ -37,6 +37,7 @@ class RunData:
     config: dict | None = None
     evaluations: list[Evaluation] = field(default_factory=list)
     leakage: dict | None = None
+    use: dict | None = None  # use.json: {model label: use-measure entry}
     frozen: dict | None = None
     history: pd.DataFrame | None = None
     manifest: pd.DataFrame | None = None
@@ -173,6 +174,7 @@ def load_run(root: str | os.PathLike) -> RunData:
     run.config = rf.read_config(root)
     run.evaluations = _evaluations(root)
     run.leakage = rf.read_leakage(root)  # one schema per site, whichever schema the file has
+    run.use = rf.read_use(root)
     run.frozen = rf.read_optional_object(root, rf.FROZEN_CHECK)
     run.paired = rf.read_optional_object(root, rf.PAIRED)
     run.history = rf.read_history(root)

@@ -11,6 +11,7 @@ import math
 import pandas as pd
 
 from applefair.engine.runfolder import leakage_per_site
+from applefair.metrics.outcome import Outcome, classify_outcome
 from applefair.report.rundata import Evaluation, RunData
 from applefair.report.tables import ci_interval, ci_pair
 
@@ -113,20 +114,59 @@ def single_sentences(ev: Evaluation) -> list[str]:
     return out
 
 
+PROBE_LABELS = (("", "logistic"), ("mlp_", "MLP"), ("spatial_", "spatial"))
+
+
 def leakage_sentence(leakage: dict) -> str | None:
+    """The highest fresh-probe AUC over the decoder inputs, before and after (or as the decoder sees it)."""
     leakage = leakage_per_site(leakage)
-    pairs = [(s, v.get("auc_before"), v.get("auc_after")) for s, v in leakage.items() if isinstance(v, dict)]
-    pairs = [(s, b, a) for s, b, a in pairs if isinstance(b, (int, float)) and isinstance(a, (int, float))]
-    if pairs:
-        parts = [f"{b:.2f} before and {a:.2f} after at {s}" for s, b, a in pairs]
-        return ("A fresh probe reads the attribute from the latent the decoder sees with AUC "
-                + "; ".join(parts) + " (0.5 means no information, 1.0 fully readable).")
-    single = [(s, k, v[k]) for s, v in leakage.items() if isinstance(v, dict)
-              for k in v if "auc" in k.lower() and isinstance(v[k], (int, float))]
-    if single:
-        return "Fresh-probe AUC of the attribute from the latent: " + \
-            "; ".join(f"{k} {val:.2f} at {s}" for s, k, val in single) + " (0.5 means no information)."
+    best: dict[str, tuple[float, str, str]] = {}
+    for site, v in leakage.items():
+        if not isinstance(v, dict):
+            continue
+        for when in ("before", "after", ""):
+            for pre, probe in PROBE_LABELS:
+                key = f"{pre}auc_{when}" if when else f"{pre}auc"
+                if _number(v.get(key)) and (when not in best or v[key] > best[when][0]):
+                    best[when] = (float(v[key]), probe, site)
+    n = sum(isinstance(v, dict) for v in leakage.values())
+    where = f"over {n} decoder input{'s' if n != 1 else ''}"
+    if "before" in best and "after" in best:
+        (b, pb, sb), (a, pa, sa) = best["before"], best["after"]
+        return (f"The best fresh probe {where} reads the attribute with AUC {b:.2f} before ({pb} probe at {sb}) and "
+                f"{a:.2f} after ({pa} probe at {sa}); 0.5 means no information, 1.0 fully readable.")
+    for when in ("before", ""):
+        if when in best:
+            v, probe, site = best[when]
+            return (f"The best fresh probe {where} reads the attribute with AUC {v:.2f} ({probe} probe at {site}); "
+                    "0.5 means no information, 1.0 fully readable.")
     return None
+
+
+def use_sentence(label: str, entry: dict) -> str | None:
+    """One line per model: does its output depend on the group statistics of its decoder inputs?"""
+    change = entry.get("output_change")
+    if not _number(change):
+        return None
+    ci = entry.get("output_change_ci")
+    ci_text = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci and all(_number(c) for c in ci) else ""
+    null, top = entry.get("null_output_change"), entry.get("null_output_change_max")
+    null_text = f" (groups permuted: {null:.3f}, at most {top:.3f})" if _number(null) and _number(top) else ""
+    verdict = {True: "used", False: "not distinguishable from the permuted groups"}.get(entry.get("used"), "")
+    reading = {"used_gain": " The worst-off group's Dice rises with the other groups' statistics: the decoder "
+                            "reads a group cue that costs that group (a cue a latent patch can target).",
+               "used_no_gain": " The worst-off group's Dice does not rise with the other groups' statistics: the "
+                               "output depends on the group's latent statistics, but they do not carry what that "
+                               "group lacks (as with missing information)."}.get(entry.get("verdict"), "")
+    text = f"Use of the group, {label}: output change {change:.3f}{ci_text}{null_text}" + \
+        (f": {verdict}" if verdict else "")
+    worst, gain = entry.get("worst_group"), entry.get("worst_group_dice_change")
+    if worst is not None and _number(gain):
+        gci = entry.get("worst_group_dice_change_ci")
+        gci_text = f" [{100 * gci[0]:+.1f}, {100 * gci[1]:+.1f}]" if gci and all(_number(c) for c in gci) else ""
+        text += (f"; moving the worst-off group ({worst}) to the other groups' statistics changes its Dice by "
+                 f"{100 * gain:+.1f} points{gci_text}")
+    return text + "." + reading
 
 
 def comparison_sentences(agg: pd.DataFrame) -> list[str]:
@@ -140,18 +180,36 @@ def comparison_sentences(agg: pd.DataFrame) -> list[str]:
     return out
 
 
+def outcome_of(run: RunData) -> Outcome | None:
+    """The outcome of a run that compares a mitigated model with the deployed one (paired.json), else None."""
+    if not run.paired or not run.before_after:
+        return None
+    selected = (run.frozen or {}).get("selected_epoch")
+    label = run.before_after[1].label
+    return classify_outcome(run.paired, leakage_per_site(run.leakage) if run.leakage else None, run.use,
+                            selected if isinstance(selected, int) and not isinstance(selected, bool) else None,
+                            label if run.use and label in run.use else None)
+
+
 def summarize(run: RunData, agg: pd.DataFrame | None = None) -> list[str]:
-    """All summary sentences for a run folder."""
+    """All summary sentences for a run folder: the outcome first, when the run has one."""
     out: list[str] = []
+    outcome = outcome_of(run)
+    if outcome is not None:
+        out.append(outcome.sentence)
     if run.before_after:
         out += compare_sentences(run, *run.before_after)
     elif run.evaluations:
         out += single_sentences(run.evaluations[0])
-    if run.frozen and run.frozen.get("selected_epoch") == 0:
+    if run.frozen and run.frozen.get("selected_epoch") == 0 and outcome is None:
         out.append("No APPLE epoch beat the unchanged model on the validation criterion, so the selected "
                    "perturber is the zero-initialised one: APPLE did not help on this data.")
     if run.leakage:
         s = leakage_sentence(run.leakage)
+        if s:
+            out.append(s)
+    for label, entry in (run.use or {}).items():
+        s = use_sentence(label, entry)
         if s:
             out.append(s)
     if run.frozen and "unchanged" in run.frozen:

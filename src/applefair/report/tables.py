@@ -143,10 +143,21 @@ def split_counts(manifest: pd.DataFrame) -> pd.DataFrame:
     return counts
 
 
-def leakage_table(leakage: dict) -> tuple[pd.DataFrame, pd.DataFrame] | None:
-    """(numbers, display): one row per site, every AUC key with its CI ('<key>_ci': [low, high]).
+_PROBE_ORDER = ("", "mlp_", "spatial_")
 
-    'auc' / 'mlp_auc' (a copy of what the decoder sees) are dropped when the before/after keys exist.
+
+def _auc_order(key: str) -> tuple[int, int, str]:
+    probe = next((i for i, pre in reversed(list(enumerate(_PROBE_ORDER))) if key.startswith(f"{pre}auc")), 9)
+    when = 0 if key.endswith("_before") else (1 if key.endswith("_after") else 2)
+    return probe, when, key
+
+
+def leakage_table(leakage: dict) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """(numbers, display): one row per decoder input (site, its role), every AUC key with its CI ('<key>_ci':
+    [low, high]), probes in the order logistic, MLP, spatial, each before then after.
+
+    'auc' / 'mlp_auc' / 'spatial_auc' (a copy of what the decoder sees) are dropped when the before/after keys
+    exist.
     """
     records, shown = [], []
     leakage = leakage_per_site(leakage)
@@ -155,7 +166,10 @@ def leakage_table(leakage: dict) -> tuple[pd.DataFrame, pd.DataFrame] | None:
             continue
         rec: dict[str, Any] = {"site": site}
         disp: dict[str, Any] = {"site": site}
-        for k, v in values.items():
+        if isinstance(values.get("role"), str):
+            rec["role"] = disp["role"] = values["role"]
+        for k in sorted(values, key=_auc_order):
+            v = values[k]
             if "auc" not in k.lower() or k.endswith("_ci") or isinstance(v, bool):
                 continue
             if not (isinstance(v, (int, float)) or v is None):
@@ -168,9 +182,57 @@ def leakage_table(leakage: dict) -> tuple[pd.DataFrame, pd.DataFrame] | None:
             if pair is not None and all(p == p for p in pair):
                 rec[f"{k}_ci_low"], rec[f"{k}_ci_high"] = pair
                 disp[k] += f" [{pair[0]:.3f}, {pair[1]:.3f}]"
-        if len(rec) > 1:
+        if any("auc" in k for k in rec):
             records.append(rec)
             shown.append(disp)
+    if not records:
+        return None
+    return pd.DataFrame(records), pd.DataFrame(shown).fillna("")
+
+
+def _ci_text(v: Any, ci: Any, scale: float = 1.0, signed: bool = False) -> str:
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+        return ""
+    fmt = "{:+.3f}" if signed else "{:.3f}"
+    text = fmt.format(scale * v)
+    pair = ci_pair(ci)
+    if pair is not None and all(math.isfinite(p) for p in pair):
+        text += " [" + ", ".join(fmt.format(scale * p) for p in pair) + "]"
+    return text
+
+
+def use_table(use: dict) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """(numbers, display): one row per model of use.json: the output change with its CI, its level with the
+    groups permuted, the verdict, and per group the output change and the change of Dice against the truth."""
+    records, shown = [], []
+    for label, e in (use or {}).items():
+        if not isinstance(e, dict) or "output_change" not in e:
+            continue
+        rec: dict[str, Any] = {"model": label, "statistic": e.get("statistic", ""),
+                               "output_change": e.get("output_change"),
+                               "null_output_change": e.get("null_output_change"),
+                               "null_output_change_max": e.get("null_output_change_max"),
+                               "p_value": e.get("p_value"), "used": e.get("used")}
+        pair = ci_pair(e.get("output_change_ci"))
+        if pair:
+            rec["output_change_ci_low"], rec["output_change_ci_high"] = pair
+        disp: dict[str, Any] = {"model": label, "output change": _ci_text(e.get("output_change"),
+                                                                         e.get("output_change_ci")),
+                                "groups permuted (mean, max)": ", ".join(
+                                    _ci_text(e.get(k), None) for k in ("null_output_change", "null_output_change_max")),
+                                "used": {True: "yes", False: "no"}.get(e.get("used"), "")}
+        for g, ge in (e.get("groups") or {}).items():
+            if not isinstance(ge, dict):
+                continue
+            rec[f"output_change_{g}"] = ge.get("output_change")
+            rec[f"dice_change_{g}"] = ge.get("dice_change")
+            gp = ci_pair(ge.get("dice_change_ci"))
+            if gp:
+                rec[f"dice_change_{g}_ci_low"], rec[f"dice_change_{g}_ci_high"] = gp
+            disp[f"output change {g}"] = _ci_text(ge.get("output_change"), ge.get("output_change_ci"))
+            disp[f"Dice change {g} (points)"] = _ci_text(ge.get("dice_change"), ge.get("dice_change_ci"), 100, True)
+        records.append(rec)
+        shown.append(disp)
     if not records:
         return None
     return pd.DataFrame(records), pd.DataFrame(shown).fillna("")

@@ -1,8 +1,9 @@
 """`applefair evaluate` as a function: one model (optionally patched) on one split.
 
-Writes one run folder (atomically): config.yaml, metrics.json, per_sample.csv, leakage.json for
-the model as given; with a patch also deployed/ (the model with the patch switched off),
-paired.json and frozen_check.json; with `save_predictions`, every predicted mask under
+Writes one run folder (atomically): config.yaml, metrics.json, per_sample.csv, leakage.json (three
+fresh probes at every decoder input) and use.json (does the output depend on the group statistics of
+those inputs?) for the model as given; with a patch also deployed/ (the model with the patch switched
+off), paired.json and frozen_check.json; with `save_predictions`, every predicted mask under
 predictions/ (and deployed/predictions/); then the report. The metric convention (applefair,
 fairseg, fairmedfm) is recorded in metrics.json and paired.json.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -29,9 +30,10 @@ from applefair.engine.device import resolve_device
 from applefair.errors import InputError
 from applefair.metrics.conventions import get_convention
 from applefair.metrics.evaluate import Evaluation, score, summarise
-from applefair.metrics.leakage import PROBES
+from applefair.metrics.leakage import ALL_PROBES
 from applefair.metrics.segmentation import METRICS
-from applefair.models.registry import load_model_dir
+from applefair.metrics.use import PERMUTATIONS, STATISTICS, use_measure
+from applefair.models.registry import ModelSpec, load_model_dir
 from applefair.models.sites import site_modules
 from applefair.report import write_reports
 from applefair.workflows._common import FrozenCheck, provenance
@@ -57,6 +59,10 @@ class EvaluateSettings(Settings):
     bootstrap: int = Field(1000, ge=0)
     level: float = Field(0.95, gt=0, lt=1)
     leakage: bool = True
+    probe: Literal["decoder", "patched"] = "decoder"  # probe every decoder input, or only the patched site(s)
+    use: bool = True  # the use measure (use.json)
+    use_statistic: Literal[STATISTICS] = "map"  # what the counterfactual moves: mean maps or channel means
+    use_permutations: int = Field(PERMUTATIONS, ge=0)  # relabelings that give the measure's null level
     folds: int = Field(5, ge=2)
     seed: int = Field(0, ge=0)
     batch_size: int = Field(32, ge=1)
@@ -92,25 +98,57 @@ def fit_groups(spec: GroupSpec, frame) -> list[str]:
     return notes
 
 
+def decoder_inputs(spec: ModelSpec, patched: Sequence[str] = ()) -> dict[str, str]:
+    """{site: role} of every input the decoder receives: the skips (shallow to deep, role `skip`), the model's
+    default site (`bottleneck`), and the patched sites (`perturbed`, wherever they are)."""
+    roles = {s: "skip" for s in spec.skip_sites}
+    if spec.site:
+        roles[spec.site] = "bottleneck"
+    roles.update({s: "perturbed" for s in patched})
+    return roles
+
+
 def evaluate_change(model: nn.Module, dataset: SegmentationDataset, groups: GroupSpec, *,
-                    deployed: nn.Module | None = None, sites: Sequence[str] = (), bootstrap: int = 1000, seed: int = 0,
-                    level: float = 0.95, leakage: bool = True, folds: int = 5, **score_kw) -> Evaluation:
+                    deployed: nn.Module | None = None, sites: Sequence[str] | Mapping[str, str] = (),
+                    bootstrap: int = 1000, seed: int = 0, level: float = 0.95, leakage: bool = True, folds: int = 5,
+                    use: bool = False, use_statistic: str = "map", use_permutations: int = PERMUTATIONS,
+                    label: str = "model", **score_kw) -> Evaluation:
     """`model` on `dataset` beside the deployed model it replaces: `deployed` when that is a separate module
     (a retrained copy's original), else, for a patched model, the same model with its perturbers off.
 
-    Both are scored in one pass each, capturing `sites` (module paths of the segmentor) for the leakage
-    probes; the result holds both frames with CIs, the paired change and leakage before/after."""
+    Both are scored in one pass each, capturing `sites` (module paths of the segmentor, or {path: role}, e.g.
+    `decoder_inputs(spec, patched)`) for the three leakage probes (maps kept for the spatial one); the result
+    holds both frames with CIs, the paired change and leakage before/after. `use`: the use measure of each
+    model at the same sites, under `label` (the model) and `deployed`."""
+    roles = dict(sites) if isinstance(sites, Mapping) else {}
+    sites = list(sites)
+    keep = leakage and bool(sites)
     capture_after = site_modules(model, sites)
     if deployed is not None:
-        before = score(deployed, dataset, groups, capture=site_modules(deployed, sites), **score_kw)
+        before = score(deployed, dataset, groups, capture=site_modules(deployed, sites), keep_maps=keep, **score_kw)
     elif isinstance(model, PatchedSegmentor):
         with model.disabled():
-            before = score(model, dataset, groups, capture=capture_after, **score_kw)
+            before = score(model, dataset, groups, capture=capture_after, keep_maps=keep, **score_kw)
     else:
         before = None
-    after = score(model, dataset, groups, capture=capture_after, **score_kw)
-    return summarise(after, before, bootstrap=bootstrap, seed=seed, level=level, leakage=leakage, probes=PROBES,
-                     folds=folds)
+    after = score(model, dataset, groups, capture=capture_after, keep_maps=keep, **score_kw)
+    for scored in (before, after):
+        if scored is not None:
+            scored.roles = roles
+    ev = summarise(after, before, bootstrap=bootstrap, seed=seed, level=level, leakage=leakage, probes=ALL_PROBES,
+                   folds=folds)
+    if use and sites:
+        kw = {"statistic": use_statistic, "permutations": use_permutations, "resamples": bootstrap, "seed": seed,
+              "level": level, "roles": roles, "convention": score_kw.get("convention"),
+              "batch_size": score_kw.get("batch_size", 32), "device": score_kw.get("device")}
+        ev.use = {}
+        if deployed is not None:
+            ev.use["deployed"] = use_measure(deployed, dataset, groups, site_modules(deployed, sites), **kw)
+        elif isinstance(model, PatchedSegmentor):
+            with model.disabled():
+                ev.use["deployed"] = use_measure(model, dataset, groups, capture_after, **kw)
+        ev.use[label] = use_measure(model, dataset, groups, capture_after, **kw)
+    return ev
 
 
 def run_evaluation(st: EvaluateSettings, out: str | os.PathLike, *, overwrite: bool = False,
@@ -133,11 +171,17 @@ def run_evaluation(st: EvaluateSettings, out: str | os.PathLike, *, overwrite: b
     if len(ds) == 0:
         raise InputError(f"{st.data}: split '{st.split}' has no rows")
     check = FrozenCheck(net)
-    sites = list(patched.sites) if patched is not None else ([mspec.site] if mspec.site else [])
+    patched_sites = list(patched.sites) if patched is not None else []
+    sites = decoder_inputs(mspec, patched_sites)
+    if st.probe == "patched":
+        sites = {s: r for s, r in sites.items() if s in patched_sites or (not patched_sites and r == "bottleneck")}
     try:
-        ev = evaluate_change(patched if patched is not None else net, ds, spec, sites=sites if st.leakage else (),
-                             bootstrap=st.bootstrap, seed=st.seed, level=st.level, leakage=st.leakage,
-                             folds=st.folds, metrics=metrics, nsd_tolerance=st.nsd_tolerance,
+        ev = evaluate_change(patched if patched is not None else net, ds, spec,
+                             sites=sites if st.leakage or st.use else {}, bootstrap=st.bootstrap, seed=st.seed,
+                             level=st.level, leakage=st.leakage, folds=st.folds, use=st.use,
+                             use_statistic=st.use_statistic, use_permutations=st.use_permutations,
+                             label="patched" if patched is not None else "model",
+                             metrics=metrics, nsd_tolerance=st.nsd_tolerance,
                              convention=st.convention, keep_predictions=st.save_predictions,
                              batch_size=st.batch_size, device=device, quiet=quiet)
         frozen = check.verify()
@@ -153,6 +197,8 @@ def run_evaluation(st: EvaluateSettings, out: str | os.PathLike, *, overwrite: b
         runfolder.write_evaluation(stage, result.metrics, ev.after.per_sample)
         if ev.leakage is not None:
             runfolder.write_leakage(stage, ev.leakage)
+        if ev.use is not None:
+            runfolder.write_use(stage, ev.use)
         if patched is not None:
             runfolder.write_evaluation(stage / runfolder.DEPLOYED, ev.before_frame.to_dict(**{**info, "patch": None}),
                                        ev.before.per_sample)
@@ -167,4 +213,4 @@ def run_evaluation(st: EvaluateSettings, out: str | os.PathLike, *, overwrite: b
     return result
 
 
-__all__ = ["EvaluateResult", "EvaluateSettings", "evaluate_change", "fit_groups", "run_evaluation"]
+__all__ = ["EvaluateResult", "EvaluateSettings", "decoder_inputs", "evaluate_change", "fit_groups", "run_evaluation"]

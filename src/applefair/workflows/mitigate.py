@@ -4,8 +4,9 @@ APPLE (or a baseline, `--method NAME`) is fitted through `Method.fit`, the one w
 runs; the run folder fills up as training goes (a checkpoint per epoch, so `resume` can continue
 after a kill), every file in it is written atomically, and the test split is evaluated through the
 same path as `applefair evaluate` (per-group metrics with CIs, the paired change against the
-deployed model, fresh-probe leakage). The deployed model's folder is only read, and its files and
-weights are hashed before and after to prove it.
+deployed model, three fresh probes at every decoder input, the use measure of both models, and the
+outcome in one sentence). The deployed model's folder is only read, and its files and weights are
+hashed before and after to prove it.
 """
 
 from __future__ import annotations
@@ -31,11 +32,12 @@ from applefair.engine.runfolder import CHECKPOINT
 from applefair.errors import InputError
 from applefair.metrics.evaluate import Evaluation, score
 from applefair.metrics.frame import MetricFrame
+from applefair.metrics.outcome import Outcome, classify_outcome
 from applefair.models.registry import ModelSpec
 from applefair.models.sites import find_module
 from applefair.report import write_reports
 from applefair.workflows._common import FrozenCheck, logged, provenance
-from applefair.workflows.evaluate import evaluate_change
+from applefair.workflows.evaluate import decoder_inputs, evaluate_change
 
 log = logging.getLogger("applefair")
 BOOTSTRAP = 1000  # resamples of the test split's confidence intervals
@@ -51,6 +53,7 @@ class MitigationResult:
     val: MetricFrame  # the mitigated model on the validation split
     check: dict  # frozen_check.json
     export: dict | None = None
+    outcome: Outcome | None = None  # which outcome happened (`metrics.outcome.classify_outcome`)
 
 
 def _prepare_out(out: Path, model: Path, resume: bool, overwrite: bool) -> None:
@@ -93,11 +96,12 @@ def write_patch(folder: str | os.PathLike, fit: FitResult, spec: ModelSpec, grou
 def run_mitigation(data: str | os.PathLike, model: str | os.PathLike, out: str | os.PathLike,
                    groups: GroupSpec, cfg: AppleConfig, method: str = "apple", method_options: dict | None = None,
                    resume: bool = False, overwrite: bool = False, export: bool = False, quiet: bool = False,
-                   device: str = "auto") -> MitigationResult:
+                   device: str = "auto", probe: str = "decoder", use: bool = True) -> MitigationResult:
     """Mitigate the deployed model in folder `model` on the dataset `data`; write the run folder `out`.
 
     `device`: auto, cpu, cuda or cuda:N; the deployed model, the perturbers and the discriminator
-    (or the baseline's models) all train and evaluate there."""
+    (or the baseline's models) all train and evaluate there. `probe`: `decoder` (every decoder input) or
+    `patched` (the patched site(s) only); `use`: the use measure of the deployed and mitigated models."""
     from applefair.models.registry import load_model_dir
 
     if method != "apple" and resume:
@@ -115,15 +119,26 @@ def run_mitigation(data: str | os.PathLike, model: str | os.PathLike, out: str |
     _prepare_out(out, model, resume, overwrite)
     try:
         with logged(out):
-            return _run(frame, net, spec, model, out, groups, cfg, impl, method_options or {}, resume, export, quiet)
+            return _run(frame, net, spec, model, out, groups, cfg, impl, method_options or {}, resume, export, quiet,
+                        probe, use)
     except InputError:
         if created and not (out / CHECKPOINT).is_file():  # bad input: leave no half-written folder
             shutil.rmtree(out, ignore_errors=True)
         raise
 
 
+def probe_sites(spec: ModelSpec, fit: FitResult, patched: bool, probe: str = "decoder") -> dict[str, str]:
+    """{site: role} the test split is probed at: every decoder input (`probe="decoder"`), or the patched
+    site(s) only; none where the method's model has no single latent (subgroup models)."""
+    if fit.latent_sites is None:
+        return {}
+    if probe == "patched":
+        return {s: "perturbed" if patched else "bottleneck" for s in fit.latent_sites}
+    return decoder_inputs(spec, fit.latent_sites if patched else ())
+
+
 def _run(frame, net, spec, model: Path, out: Path, groups: GroupSpec, cfg: AppleConfig, impl, method_options: dict,
-         resume: bool, export: bool, quiet: bool) -> MitigationResult:
+         resume: bool, export: bool, quiet: bool, probe: str = "decoder", use: bool = True) -> MitigationResult:
     method = impl.name
     split = {s: SegmentationDataset(frame, groups, s) for s in ("train", "val", "test")}
     for s in ("train", "val"):
@@ -143,8 +158,10 @@ def _run(frame, net, spec, model: Path, out: Path, groups: GroupSpec, cfg: Apple
     runfolder.write_history(out, fit.history)
     if patched is not None:
         _plot_curves(out / runfolder.CURVES, fit.history)
-    test = evaluate_change(fit.model, split["test"], groups, deployed=net, sites=fit.latent_sites or (),
-                           bootstrap=BOOTSTRAP, seed=cfg.seed)
+    label = "patched" if patched is not None else "mitigated"
+    test = evaluate_change(fit.model, split["test"], groups, deployed=net,
+                           sites=probe_sites(spec, fit, patched is not None, probe), bootstrap=BOOTSTRAP,
+                           seed=cfg.seed, use=use, label=label)
     info = {"split": "test", "group_spec": groups.to_dict(), "method": method}
     runfolder.write_evaluation(out, test.frame.to_dict(**info), test.after.per_sample)
     runfolder.write_evaluation(out / runfolder.DEPLOYED, test.before_frame.to_dict(**{**info, "method": None}),
@@ -152,10 +169,13 @@ def _run(frame, net, spec, model: Path, out: Path, groups: GroupSpec, cfg: Apple
     runfolder.write_paired(out, test.paired)
     if test.leakage is not None:
         runfolder.write_leakage(out, test.leakage)
+    if test.use is not None:
+        runfolder.write_use(out, test.use)
     val = score(fit.model, split["val"], groups)
     runfolder.write_evaluation(out / runfolder.VALIDATION, val.frame().to_dict(split="val", method=method),
                                val.per_sample)
-    result = MitigationResult(method, fit, test, val.frame(), {})
+    result = MitigationResult(method, fit, test, val.frame(), {},
+                              outcome=classify_outcome(test.paired, test.leakage, test.use, fit.selected_epoch, label))
     if export and patched is not None:
         result.export = _export(patched, split["test"], out)
     if patched is not None:

@@ -73,7 +73,8 @@ def readable_sites(leakage: Mapping | None) -> list[tuple[str, str, float]]:
 
 
 def _pts(v: float) -> str:
-    return f"{100 * v:.1f}"
+    text = f"{100 * v:.1f}"
+    return "0.0" if text == "-0.0" else text
 
 
 def classify_outcome(paired: Mapping | None, leakage: Mapping | None = None, use: Mapping | None = None,

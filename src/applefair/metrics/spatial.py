@@ -8,9 +8,9 @@ readable (a plain conv net with global pooling is blind to position away from th
 
 Architecture and budget are fixed, so that AUCs are comparable between sites, models and runs:
 1x1 conv (C + coordinates -> 16), two 3x3 conv + ReLU layers (the first of stride 2), global average and
-max pooling, a linear layer; Adam (lr 1e-2, weight decay 1e-3), 20 epochs of batches of 32, inputs
+max pooling, a linear layer; Adam (lr 1e-2, weight decay 1e-3), 10 epochs of batches of 32, inputs
 standardised per channel on the training fold; seeded; out-of-fold predictions over the same stratified
-folds as the pooled probes. About 1-3 s per site for 120 test images on one core (docs/metrics.md).
+folds as the pooled probes. About 1-2 CPU seconds per site for 120 test images, 3-6 for 360 (docs/metrics.md).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from torch.nn import functional as F
 
 MAX_SIZE = 16  # per spatial axis of a 2-D map (volumes: 8 per axis)
 WIDTH = 16
-EPOCHS = 20
+EPOCHS = 10
 BATCH = 32
 LR = 1e-2
 WEIGHT_DECAY = 1e-3

@@ -82,12 +82,15 @@ def mask_agreement(a: torch.Tensor, b: torch.Tensor, classes: int = 2) -> np.nda
 
 class _Hooks:
     """Forward hooks (prepended, so they run before any perturber's) on the decoder inputs: they keep each
-    site's clean output, or replace it by a translated copy of the clean one."""
+    site's clean output, or replace it by a translated copy of the clean one. While replacing, a site's own
+    computation is skipped (its output is discarded anyway): a counterfactual pass of a SAM-like model then
+    costs its mask decoder, not its image encoder."""
 
     def __init__(self, sites: Mapping[str, nn.Module]):
+        self.sites = dict(sites)
         self.mode, self.clean, self.replace = "keep", {}, {}
         self.calls: dict[str, int] = {}
-        self.handles = [m.register_forward_hook(self._hook(s), prepend=True) for s, m in sites.items()]
+        self.handles = [m.register_forward_hook(self._hook(s), prepend=True) for s, m in self.sites.items()]
 
     def _hook(self, site: str):
         def hook(_module, _inputs, output):
@@ -105,7 +108,19 @@ class _Hooks:
 
     def forward(self, model: nn.Module, batch: dict, mode: str, replace: Mapping | None = None) -> torch.Tensor:
         self.mode, self.replace, self.calls = mode, dict(replace or {}), {}
-        return segment(model, batch)
+        if mode == "keep":
+            return segment(model, batch)
+        saved = {s: m.__dict__.get("forward") for s, m in self.sites.items()}
+        for s, m in self.sites.items():
+            m.forward = lambda *_a, _out=self.clean[s], **_k: _out  # the hook replaces it: no need to compute it
+        try:
+            return segment(model, batch)
+        finally:
+            for s, m in self.sites.items():
+                if saved[s] is None:
+                    del m.forward
+                else:
+                    m.forward = saved[s]
 
     def remove(self) -> None:
         for h in self.handles:

@@ -100,6 +100,8 @@ def test_each_decoder_input_is_moved_once_from_its_clean_value(statistic):
     assert out["per_site"]["enc1"]["output_change"] == 0
     assert out["per_site"]["enc2"]["output_change"] == pytest.approx(0.6)
     assert out["output_change"] == pytest.approx(0.6) and "output_change_ci" not in out
+    alone = use_measure(model, _Data(), SPEC, {"enc2": model.enc2}, resamples=0, permutations=0)
+    assert alone["used"] is None and alone["verdict"] is None  # without a null level, no verdict
 
 
 def test_the_counterfactual_acts_before_a_perturber():

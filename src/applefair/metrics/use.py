@@ -325,7 +325,7 @@ def _report(configs, change, dgain, dice, labels, usable, groups, resamples, see
         res["null_output_change_max"] = float(np.max(null)) if null else math.nan
         res["p_value"] = float((1 + sum(v >= res["output_change"] for v in null)) / (1 + len(null)))
         lo = (res.get("output_change_ci") or [res["output_change"]])[0]
-        res["used"] = bool(null) and bool(lo > res["null_output_change_max"])
+        res["used"] = bool(lo > res["null_output_change_max"]) if null else None  # no null level: no verdict
         if name == "all":
             worst = min(res["groups"], key=lambda n: res["groups"][n]["dice"])
             res["worst_group"] = worst
@@ -333,7 +333,7 @@ def _report(configs, change, dgain, dice, labels, usable, groups, resamples, see
             res["worst_group_dice_change_ci"] = res["groups"][worst].get("dice_change_ci", [math.nan, math.nan])
             low = res["worst_group_dice_change_ci"][0]
             res["worst_group_gains"] = bool(math.isfinite(low) and low > 0)
-            res["verdict"] = ("not_used" if not res["used"] else
+            res["verdict"] = (None if res["used"] is None else "not_used" if not res["used"] else
                               "used_gain" if res["worst_group_gains"] else "used_no_gain")
             out.update(res)
         else:

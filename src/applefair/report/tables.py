@@ -193,7 +193,8 @@ def leakage_table(leakage: dict) -> tuple[pd.DataFrame, pd.DataFrame] | None:
 def _ci_text(v: Any, ci: Any, scale: float = 1.0, signed: bool = False) -> str:
     if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
         return ""
-    fmt = "{:+.3f}" if signed else "{:.3f}"
+    digits = 1 if scale == 100 else 3  # Dice points with one decimal, other numbers with three
+    fmt = f"{{:{'+' if signed else ''}.{digits}f}}"
     text = fmt.format(scale * v)
     pair = ci_pair(ci)
     if pair is not None and all(math.isfinite(p) for p in pair):

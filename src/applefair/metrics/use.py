@@ -33,7 +33,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from applefair.data.groups import GroupSpec
 from applefair.engine.device import module_device, to_device
@@ -224,7 +224,7 @@ def _summary(change: np.ndarray, dgain: np.ndarray, dice: np.ndarray, g: np.ndar
     return out
 
 
-def use_measure(model: nn.Module, dataset, groups: GroupSpec, sites: Mapping[str, nn.Module], *,
+def use_measure(model: nn.Module, dataset: Dataset, groups: GroupSpec, sites: Mapping[str, nn.Module], *,
                 statistic: str = "map", per_site: bool = False, permutations: int = PERMUTATIONS,
                 resamples: int = 1000, seed: int = 0, level: float = 0.95, batch_size: int = 32,
                 device: str | torch.device | None = None, convention: str | Convention | None = None,
@@ -298,7 +298,7 @@ def use_measure(model: nn.Module, dataset, groups: GroupSpec, sites: Mapping[str
     return {**base, **_report(configs, change, dgain, dice, labels, usable, groups, resamples, seed, level)}
 
 
-def _group_ids(dataset) -> list[int]:
+def _group_ids(dataset: Dataset) -> list[int]:
     """The group id of every sample, in dataset order (-1 unknown)."""
     ids = getattr(dataset, "group_ids", None)
     if ids is not None:

@@ -59,7 +59,8 @@ def test_helpers():
     assert identical_predictions(_paired(0.1, 0.1, (0, 0), same=True)) is True
     assert identical_predictions(_paired(0.1, 0.2, (0.05, 0.15))) is False
     assert readable_sites(LEAKY) == [("model.0", "logistic", 1.0), ("model.0", "spatial", 0.97)]
-    assert readable_sites({"s": {"auc": 0.7}}) == [("s", "logistic", 0.7)]  # no CI: 0.6 or more
+    assert readable_sites({"s": {"auc": 0.7}}) == [("s", "logistic", 0.7)]  # no CI: 0.7 or more
+    assert readable_sites({"s": {"auc": 0.66, "auc_ci": [0.56, 0.76]}}) == []  # a lower bound under 0.6
     assert math.isnan(classify_outcome(None).gap_before)
 
 

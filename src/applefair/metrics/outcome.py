@@ -55,9 +55,17 @@ def identical_predictions(paired: Mapping | None) -> bool | None:
     return all(_num(d) and d == 0 and (not ci or all(_num(c) and c == 0 for c in ci)) for d, ci in diffs)
 
 
+READABLE_CI_LOW = 0.6  # lower CI bound of a probe's AUC from which the group counts as readable
+READABLE_AUC = 0.7  # the same without a CI
+
+
 def readable_sites(leakage: Mapping | None) -> list[tuple[str, str, float]]:
     """(site, probe, AUC) of every decoder input a fresh probe still reads: the AUC of what the decoder receives
-    (`auc_after`, else `auc`) with a CI whose lower end lies above 0.5 (0.6 or more where there is no CI)."""
+    (`auc_after`, else `auc`) with a CI whose lower end is at least 0.6 (an AUC of 0.7 where there is no CI).
+
+    Not 0.5: the CI covers the test images drawn, not the refitting of the probe, and twelve probes are read
+    per model (three probes at four decoder inputs of a U-Net); on the `none` benchmark, where the groups do
+    not differ, the highest lower bound of 36 was 0.56 (docs/metrics.md)."""
     found = []
     for site, entry in (leakage or {}).items():
         if not isinstance(entry, Mapping):
@@ -67,7 +75,7 @@ def readable_sites(leakage: Mapping | None) -> list[tuple[str, str, float]]:
             auc, ci = entry.get(key), entry.get(f"{key}_ci")
             if not _num(auc):
                 continue
-            if (ci and _num(ci[0]) and ci[0] > 0.5) or (not (ci and _num(ci[0])) and auc >= 0.6):
+            if (ci and _num(ci[0]) and ci[0] >= READABLE_CI_LOW) or (not (ci and _num(ci[0])) and auc >= READABLE_AUC):
                 found.append((str(site), probe, float(auc)))
     return found
 

@@ -114,6 +114,7 @@ def test_intersection_of_two_attributes_without_patch(tiny_manifest, model_and_p
     metrics = _strict_json(tmp_path / "run" / "metrics.json")
     assert len(metrics["groups"]) >= 3 and all("|" in g for g in metrics["groups"])
     assert "ci" not in metrics and not (tmp_path / "run" / "paired.json").exists()
+    assert set(_strict_json(tmp_path / "run" / "use.json")) == {"model"}  # no patch: the model as given
     leak = _strict_json(tmp_path / "run" / "leakage.json")
     entry = next(iter(leak.values()))
     assert "auc_after" not in entry and entry["auc"] is not None and not entry["patched"]
@@ -130,8 +131,9 @@ def test_aggregate_seeds(patched_run, tiny_manifest, model_and_patch, tmp_path):
     model, patch = model_and_patch
     second = tmp_path / "seed1"
     res = _evaluate("--data", tiny_manifest, "--model", model, "--patch", patch, "--attribute", "sex",
-                    "--bootstrap", "30", "--seed", "1", "--no-leakage", "--out", second)
+                    "--bootstrap", "30", "--seed", "1", "--no-leakage", "--no-use", "--out", second)
     assert res.exit_code == 0, res.output + repr(res.exception)
+    assert not (second / "use.json").exists() and not (second / "leakage.json").exists()
     res = runner.invoke(app, ["aggregate-seeds", str(patched_run), str(second), "--out", str(tmp_path / "s.json")])
     assert res.exit_code == 0, res.output + repr(res.exception)
     agg = _strict_json(tmp_path / "s.json")
@@ -169,7 +171,8 @@ def test_convention_is_recorded_and_predictions_are_saved(tiny_manifest, tiny_fr
     model, patch = model_and_patch
     out = tmp_path / "run"
     res = _evaluate("--data", tiny_manifest, "--model", model, "--patch", patch, "--attribute", "sex",
-                    "--bootstrap", "20", "--no-leakage", "--convention", "fairseg", "--save-predictions", "--out", out)
+                    "--bootstrap", "20", "--no-leakage", "--no-use", "--convention", "fairseg", "--save-predictions",
+                    "--out", out)
     assert res.exit_code == 0, res.output + repr(res.exception)
     metrics = _strict_json(out / "metrics.json")
     assert metrics["convention"]["name"] == "fairseg" and metrics["convention"]["nsd_tolerance"] == 5.0

@@ -30,8 +30,9 @@ def synth(
     n: int = typer.Option(None, "--n", help="Number of images (default 800)."),
     size: int = typer.Option(None, "--size", help="Image side in pixels (default 96)."),
     bias: str = typer.Option(None, "--bias", help="Bias mechanism: contrast (difficulty), gain, artifact, "
-                                                  "anatomy, spurious (shortcut; spurious: a group cue with a "
-                                                  "group-specific training-mask protocol), none (control) "
+                                                  "anatomy, spurious, marker, texture (shortcut; the last three: a "
+                                                  "group cue with a group-specific training-mask protocol), none "
+                                                  "(control) "
                                                   "(default contrast)."),
     minority_share: float = typer.Option(None, "--minority-share", help="Share of the minority group, 0-1 "
                                                                         "(default 0.25)."),

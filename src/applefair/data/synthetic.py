@@ -29,6 +29,16 @@ model trained on the mixture is less accurate for one group (the minority: F, or
   every image; a decoder that cannot read the group applies the majority's protocol to all.
   In ``vessels`` the same cue, and the minority's training masks are traced
   ``max(1, round(strength))`` px wider than the reference.
+- ``marker`` (shortcut-type, a *local* cue misused the other way round): the minority's scanner
+  burns a small bright mark (a vendor logo) into the top-left corner (a square of side
+  ``0.06 * size``, 0.55 strength brighter than the tissue); nothing else differs. In the ``train``
+  split only, the minority's masks were traced by a protocol that draws *larger*: ``0.03 * size *
+  strength`` px outside the lesion's border. The cue lives in a few pixels of one corner, so pooled
+  channel statistics hardly see it; a model learns "mark -> trace outside the border".
+- ``texture`` (shortcut-type, a cue in texture, not intensity): the minority's scanner adds faint
+  horizontal banding (a zero-mean sinusoid of period 4 px, amplitude ``0.05 strength``), which
+  leaves the mean intensity unchanged. In the ``train`` split only, the minority's masks were traced
+  inside the border, as in ``spurious``.
 - ``none``: no group effect (a control; both groups are drawn the same way).
 
 Everything is deterministic from the seed. Output follows the manifest contract:
@@ -53,12 +63,17 @@ from applefair.engine.io import atomic_path, write_csv
 from applefair.engine.runfolder import MANIFEST
 from applefair.errors import InputError
 
-BIASES = ("contrast", "gain", "artifact", "anatomy", "spurious", "none")
+BIASES = ("contrast", "gain", "artifact", "anatomy", "spurious", "marker", "texture", "none")
 KINDS = ("nodules", "vessels")
 KIND_OF_BIAS = {"contrast": "difficulty", "gain": "shortcut", "artifact": "shortcut", "anatomy": "shortcut",
-                "spurious": "shortcut", "none": "control"}
+                "spurious": "shortcut", "marker": "shortcut", "texture": "shortcut", "none": "control"}
+# misused-cue mechanisms: the cue is in every minority image, the misuse only in the training masks
+MISUSED_CUE = ("spurious", "marker", "texture")
 SPLITS = ("train", "val", "test")
 SPURIOUS_MARGIN = 0.045  # `spurious`: the minority's training masks end this far (x strength x size) inside
+MARKER_MARGIN = 0.03  # `marker`: the minority's training masks reach this far (x strength x size) outside
+MARKER_SIDE = 0.06  # `marker`: the mark's side (x size), in the top-left corner
+BAND_PERIOD = 4  # `texture`: period (px) of the minority's banding
 
 
 @dataclass(frozen=True)
@@ -72,6 +87,8 @@ class Acquisition:
     offset: float = 0.0  # added after gain (dynamic-range compression)
     rim: float = 0.0  # brightness of an echogenic rim on the lesion border
     lesion_scale: float = 1.0  # multiplies the lesion radius range
+    mark: float = 0.0  # brightness of a burned-in mark in the top-left corner
+    banding: float = 0.0  # amplitude of a zero-mean horizontal banding
 
 
 def acquisitions(bias: str, strength: float = 1.0) -> dict[str, Acquisition]:
@@ -91,6 +108,10 @@ def acquisitions(bias: str, strength: float = 1.0) -> dict[str, Acquisition]:
         return {"M": base, "F": Acquisition(lesion_scale=max(0.2, 1.0 - 0.45 * s))}
     if bias == "spurious":
         return {"M": base, "F": Acquisition(gain=1.0 - 0.2 * s, offset=0.2 * s)}
+    if bias == "marker":
+        return {"M": base, "F": Acquisition(mark=0.55 * s)}
+    if bias == "texture":
+        return {"M": base, "F": Acquisition(banding=0.05 * s)}
     raise InputError(f"bias '{bias}' is not known (expected one of: {', '.join(BIASES)})")
 
 
@@ -121,12 +142,16 @@ def lesion_core(mask: np.ndarray, margin: float) -> np.ndarray:
 
 def training_mask(mask: np.ndarray, bias: str, strength: float, minority: bool, split: str, kind: str
                   ) -> np.ndarray:
-    """The mask as the training split's annotators drew it (differs from `mask` only for `spurious`)."""
-    if bias != "spurious" or not minority or split != "train" or strength <= 0:
+    """The mask as the training split's annotators drew it (differs from `mask` only for the misused-cue
+    mechanisms, in the minority's training masks)."""
+    if bias not in MISUSED_CUE or not minority or split != "train" or strength <= 0:
         return mask
-    if kind == "nodules":
-        return lesion_core(mask, SPURIOUS_MARGIN * strength)
-    return ndimage.binary_dilation(mask, iterations=max(1, int(round(strength))))
+    if kind == "vessels":
+        return ndimage.binary_dilation(mask, iterations=max(1, int(round(strength))))
+    if bias == "marker":
+        outside = ndimage.distance_transform_edt(~mask)
+        return outside <= MARKER_MARGIN * strength * mask.shape[0]
+    return lesion_core(mask, SPURIOUS_MARGIN * strength)
 
 
 def render(rng: np.random.Generator, mask: np.ndarray, acq: Acquisition) -> np.ndarray:
@@ -146,7 +171,13 @@ def render(rng: np.random.Generator, mask: np.ndarray, acq: Acquisition) -> np.n
     speckle = speckle / (speckle.mean() + 1e-8)
     speckle = 1.0 + acq.speckle_strength * (speckle - 1.0)
     img = echo * speckle
+    if acq.banding > 0:
+        rows = np.arange(size, dtype=np.float64)[:, None]
+        img = img + acq.banding * np.sin(2 * np.pi * rows / BAND_PERIOD + rng.uniform(0, 2 * np.pi))
     img = acq.gain * img + acq.offset
+    if acq.mark > 0:
+        side = max(2, int(round(MARKER_SIDE * size)))
+        img[1:1 + side, 1:1 + side] += acq.mark
     return np.clip(img, 0.0, 1.0)
 
 
@@ -171,6 +202,8 @@ def generate(out_dir: str | os.PathLike, n: int = 800, size: int = 96, bias: str
         raise InputError(f"size={size}: expected at least 32 px")
     if strength < 0:
         raise InputError(f"strength={strength}: expected a value >= 0")
+    if kind == "vessels" and bias in ("marker", "texture"):
+        raise InputError(f"bias '{bias}' exists for kind 'nodules' only (vessels: {', '.join(vessels.BIASES)})")
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)

@@ -45,7 +45,7 @@ from applefair.apple.perturber import latent_channels
 from applefair.data.augment import augment_batch
 from applefair.data.groups import GroupSpec
 from applefair.data.manifest import SegmentationDataset
-from applefair.engine import distributed
+from applefair.engine import distributed, samplers
 from applefair.engine.device import module_device, to_device
 from applefair.engine.precision import Precision, game_precision
 from applefair.engine.progress import progress_bar
@@ -176,7 +176,7 @@ def train_apple(net: nn.Module, default_site: str, train: SegmentationDataset, v
                  seg_loss=SegLoss(head), gen=gen,
                  freq=torch.tensor(np.bincount(known, minlength=groups.num_groups) / max(len(known), 1),
                                    dtype=torch.float32, device=dev),
-                 loader=distributed.make_loader(train, cfg.batch_size, shuffle=True, generator=gen,
+                 loader=samplers.make_loader(train, cfg.batch_size, shuffle=True, generator=gen,
                                                 drop_last=len(train) > cfg.batch_size, shards=cfg.cache_shards),
                  cache=None, amp=game_precision(cfg.precision, dev), sites=sites, cfg=cfg)
     val_cache = None
@@ -184,7 +184,7 @@ def train_apple(net: nn.Module, default_site: str, train: SegmentationDataset, v
         folder = Path(run_dir) / LATENT_CACHE if (cfg.cache == "disk" and run_dir) else None
         # sharded: this rank's training samples only; every rank validates on the whole val split
         game.cache = _build_cache(patched, sites, train, cfg, folder,
-                                  distributed.shard_indices(len(train)) if cfg.cache_shards else None)
+                                  samplers.shard_indices(len(train)) if cfg.cache_shards else None)
         if game.cache is not None:
             val_cache = _build_cache(patched, sites, val, cfg, folder / "val" if folder else None, None)
             log.info("latent cache: %s (%.1f MB train, %.1f MB val)", game.cache.names,

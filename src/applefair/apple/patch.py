@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import torch
@@ -31,7 +31,7 @@ class PatchedSegmentor(nn.Module):
     decoder receives. The wrapped network is kept in eval mode whatever `train()` is called.
     """
 
-    def __init__(self, net: nn.Module, perturbers: Mapping[str, nn.Module]):
+    def __init__(self, net: nn.Module, perturbers: Mapping[str, nn.Module], observe: Sequence[str] = ()):
         super().__init__()
         self.net = freeze(net)
         self.sites = list(perturbers)
@@ -45,6 +45,9 @@ class PatchedSegmentor(nn.Module):
         self._handles = [find_module(net, s).register_forward_hook(self._hook(s)) for s in self.sites]
         for s in self.sites:
             find_module(net, s)._applefair_patched = True
+        # other decoder inputs a training loss reads (not perturbed): latents[s] = (output, output)
+        self.observed = [s for s in observe if s not in self.sites]
+        self._observers = [find_module(net, s).register_forward_hook(self._observer(s)) for s in self.observed]
 
     def _hook(self, site: str):
         def hook(_module, _inputs, output):
@@ -56,6 +59,12 @@ class PatchedSegmentor(nn.Module):
             perturbed = output + self.perturbers[_key(site)](output)
             self.latents[site] = (output, perturbed)
             return perturbed
+        return hook
+
+    def _observer(self, site: str):
+        def hook(_module, _inputs, output):
+            if torch.is_tensor(output):
+                self.latents[site] = (output, output)
         return hook
 
     def forward(self, *args, **kwargs):
@@ -89,6 +98,14 @@ class PatchedSegmentor(nn.Module):
             for s in self.sites:
                 find_module(self.net, s)._applefair_patched = False
         self._handles = []
+        self.stop_observing()
+
+    def stop_observing(self) -> None:
+        """Detach the hooks that record the non-perturbed decoder inputs (a training loss's view only)."""
+        for h in getattr(self, "_observers", []):
+            h.remove()
+        self._observers = []
+        self.observed = []
 
 
 def _key(site: str) -> str:

@@ -8,10 +8,16 @@ Two shapes:
 - `ConvPerturber` ("conv"): two 3x3 convs; cheap, local.
 
 Both zero-initialise their last layer, so a fresh perturber leaves the deployed model's
-output unchanged. Both accept any spatial size (odd, 1x1: padded to a multiple of 8 and
-cropped back) and token latents (B, N, C) (laid out on a square grid when N is a square,
-else on an N x 1 strip). An optional global branch (FiLM-style scale/shift from pooled
-mean/std) lets either shape change per-image statistics directly.
+output unchanged. With `normalize`, each image's per-channel mean and spread are first brought
+to the population's (AdaIN-style, `PopulationNorm`), which removes a group cue carried by a
+latent's channel statistics without any learning; the learned residual then acts on the
+normalised latent. The normalisation starts switched off (the patch is the identity) and is
+switched on once the training split's population statistics have been gathered.
+
+Both accept any spatial size (odd, 1x1: padded to a multiple of 8 and cropped back) and token
+latents (B, N, C) (laid out on a square grid when N is a square, else on an N x 1 strip). An
+optional global branch (FiLM-style scale/shift from pooled mean/std) lets either shape change
+per-image statistics directly.
 """
 
 from __future__ import annotations
@@ -82,18 +88,61 @@ class GlobalBranch(nn.Module):
         return scale[..., None, None] * (x - mu[..., None, None]) + shift[..., None, None]
 
 
+class PopulationNorm(nn.Module):
+    """Per image, each channel's mean and std brought to the population's: (x - mu_i) / sigma_i * sigma + mu.
+
+    The population's per-channel mean and std are gathered from the latents seen while `mix` is 0
+    (`observe`), fixed by `finish()` (which also switches the normalisation on: `mix` = 1), and saved
+    with the patch as buffers. While `mix` is 0 the module is the identity.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        for name in ("mix", "count", "mean", "std", "sum_mean", "sum_std"):
+            self.register_buffer(name, torch.zeros(() if name in ("mix", "count") else (channels,)))
+
+    @staticmethod
+    def _stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        flat = x.flatten(2)
+        return flat.mean(-1), flat.std(-1, unbiased=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if float(self.mix) == 0.0:
+            if self.training:
+                mu, sd = self._stats(x.detach().float())
+                self.sum_mean += mu.sum(0)
+                self.sum_std += sd.sum(0)
+                self.count += len(x)
+            return x
+        mu, sd = self._stats(x)
+        scale = (self.std / sd.clamp_min(1e-5))[..., None, None]
+        normed = (x - mu[..., None, None]) * scale + self.mean[..., None, None]
+        return x + self.mix * (normed - x)
+
+    @torch.no_grad()
+    def finish(self, reduce=lambda t: t) -> None:
+        """Fix the population statistics (`reduce` sums them over processes) and switch the normalisation on."""
+        count = reduce(self.count.clone())
+        if float(count) == 0:
+            return
+        self.mean.copy_(reduce(self.sum_mean.clone()) / count)
+        self.std.copy_(reduce(self.sum_std.clone()) / count)
+        self.mix.fill_(1.0)
+
+
 class _Base(nn.Module):
     kind = ""
 
-    def __init__(self, channels: int, width: int, global_branch: bool):
+    def __init__(self, channels: int, width: int, global_branch: bool, normalize: bool = False):
         super().__init__()
         self.channels, self.width = int(channels), int(width)
         self.glob = GlobalBranch(channels) if global_branch else None
+        self.norm = PopulationNorm(channels) if normalize else None
 
     def spec(self) -> dict:
         """What `build_perturber` needs to rebuild this perturber (stored in a patch header)."""
         return {"kind": self.kind, "channels": self.channels, "width": self.width,
-                "global_branch": self.glob is not None, **self._extra_spec()}
+                "global_branch": self.glob is not None, "normalize": self.norm is not None, **self._extra_spec()}
 
     def _extra_spec(self) -> dict:
         return {}
@@ -102,11 +151,15 @@ class _Base(nn.Module):
         raise NotImplementedError
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
-        """Returns the perturbation G_p(f) (same shape as f), not f + G_p(f)."""
+        """Returns the perturbation f_p - f (same shape as f): G_p(f), or with `normalize`
+        (norm(f) - f) + G_p(norm(f))."""
         x, undo = to_grid(f)
-        d = self._local(x)
+        n = self.norm(x) if self.norm is not None else x
+        d = self._local(n)
         if self.glob is not None:
-            d = d + self.glob(x)
+            d = d + self.glob(n)
+        if self.norm is not None:
+            d = d + (n - x)
         return from_grid(d, undo)
 
 
@@ -115,8 +168,9 @@ class Perturber(_Base):
 
     kind = "unet"
 
-    def __init__(self, channels: int, width: int = 32, num_res_blocks: int = 4, global_branch: bool = False):
-        super().__init__(channels, width, global_branch)
+    def __init__(self, channels: int, width: int = 32, num_res_blocks: int = 4, global_branch: bool = False,
+                 normalize: bool = False):
+        super().__init__(channels, width, global_branch, normalize)
         self.num_res_blocks = int(num_res_blocks)
         w = (width, 2 * width, 4 * width)
         self.d1, self.d2, self.d3 = _conv_block(channels, w[0], 2), _conv_block(w[0], w[1], 2), \
@@ -148,8 +202,8 @@ class ConvPerturber(_Base):
 
     kind = "conv"
 
-    def __init__(self, channels: int, width: int = 32, global_branch: bool = False):
-        super().__init__(channels, width, global_branch)
+    def __init__(self, channels: int, width: int = 32, global_branch: bool = False, normalize: bool = False):
+        super().__init__(channels, width, global_branch, normalize)
         self.body = nn.Sequential(nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(inplace=True))
         self.out = nn.Conv2d(width, channels, 3, padding=1)
         nn.init.zeros_(self.out.weight)

@@ -45,7 +45,7 @@ class Apple(Method):
         cfg = AppleConfig(**{**shared, **self.options(options)})
         with Timer() as t:
             res = train_apple(copy.deepcopy(net), spec.site, train, val, groups, cfg, quiet=quiet, head=spec.head,
-                              run_dir=run_dir, resume=resume)
+                              run_dir=run_dir, resume=resume, skip_sites=spec.skip_sites)
         patched = res.patched.eval()
         return FitResult(model=patched, trainable_params=count_params(patched.perturbers.parameters()),
                          seconds=t.seconds, history=list(res.history), frozen=True, deployed=patched.net,

@@ -288,13 +288,23 @@ def build_samed(variant: str = "vit_b", img_size: int | None = None, rank: int =
 
 
 def _register() -> None:
-    from applefair.models.registry import register
+    from applefair.models.registry import preset, register
 
     register("sam", tiny={"variant": "tiny"},
              summary="Segment Anything (vit_b/l/h; SAM or MedSAM checkpoint), box/point prompt from the mask"
              )(build_prompted)
     register("samed", tiny={"variant": "tiny"},
              summary="SAMed: LoRA-adapted SAM image encoder, no prompt")(build_samed)
+    # --tiny keeps a preset's other arguments but not its input size (img_size None: the tiny 64 px)
+    tiny = {"img_size": None}
+    for size in (1024, 512, 256):
+        preset(f"sam_vit_b_{size}", "sam", {"variant": "vit_b", "img_size": size}, tiny=tiny, size=size,
+               summary=f"SAM ViT-B at {size} px, box prompt" + (" (SAM's own input size)" if size == 1024 else
+                                                                  " (position embeddings interpolated on load)"))
+    preset("medsam_vit_b_1024", "sam", {"variant": "vit_b", "img_size": 1024, "normalize": "minmax"}, tiny=tiny,
+           size=1024, summary="MedSAM's shape: SAM ViT-B at 1024 px, min-max input normalisation, box prompt")
+    preset("samed_vit_b_512", "samed", {"variant": "vit_b", "img_size": 512, "rank": 4}, tiny=tiny, size=512,
+           summary="SAMed's shape: SAM ViT-B at 512 px, LoRA rank 4 on q and v, no prompt")
 
 
 _register()

@@ -14,7 +14,7 @@ from applefair.cli import app
 from applefair.commands.models import format_params
 from applefair.errors import InputError
 from applefair.models import create_segmentor, list_models, list_sites, load_model_dir, save_model_dir, segment
-from applefair.models.describe import cache_file, describe_model, describe_zoo
+from applefair.models.describe import cache_file, describe_model, describe_or_why, describe_zoo
 from applefair.models.registry import list_presets, model_info, preset
 
 # name -> (builder, input side, parameter class (low, high), latent shape from the architecture)
@@ -74,6 +74,26 @@ def test_tiny_preset_builds_runs_and_keeps_its_other_arguments(name):
     real = {s.name: s.shape for s in list_sites(net, torch.rand(1, 1, d["size"], d["size"]), spec.site)}
     assert real[spec.site][1:] == d["latent_shape"]
     assert d["params"] == sum(p.numel() for p in net.parameters())
+
+
+@pytest.mark.parametrize("name", ["unet", "attention_unet", "swin_unetr", "dynunet", "smp_unet", "sam", "samed",
+                                  "nnunet"])
+def test_description_equals_a_real_forward_pass(name):
+    """Traced on meta (or, where a constructor computes on tensors, on the CPU), the description is
+    what the built network reports."""
+    d = describe_model(name, tiny=True)
+    net, spec = create_segmentor(name, tiny=True)
+    example = torch.rand(1, spec.in_channels, *[d["size"]] * spec.spatial_dims)
+    real = {s.name: s.shape for s in list_sites(net, example, spec.site)}
+    assert real[spec.site][1:] == d["latent_shape"] and d["site"] == spec.site
+    assert d["params"] == sum(p.numel() for p in net.parameters())
+
+
+def test_builders_that_need_arguments_are_listed_without_numbers(zoo_cache):
+    _, _, result = zoo_cache
+    assert "error" in describe_or_why("custom") and "error" not in describe_or_why("unet")
+    rows = {line.split("│")[1].strip(): line.split("│") for line in result.output.splitlines() if line.count("│") > 3}
+    assert [c.strip() for c in rows["custom"][3:6]] == ["-", "-", "-"]
 
 
 def test_arguments_override_the_preset():

@@ -23,7 +23,8 @@ def list_cmd(
     default site for the model's input size, and the tiny (CPU-test) arguments.
 
     Shapes are traced on the `meta` device (no weights, no arithmetic); the descriptions are cached
-    per user until the models, their code or the libraries change.
+    per user until the models, their code or the libraries change. Builders that need arguments
+    (imported nnU-Net, MONAI bundle, own module) show '-': `models sites FOLDER` describes a folder.
 
     Example: applefair models list
     """
@@ -40,8 +41,12 @@ def list_cmd(
         what = info["summary"]
         if "preset_of" in info:
             what = f"{info['preset_of']} " + " ".join(f"{k}={v}" for k, v in info["args"].items()) + f": {what}"
+        tiny = ", ".join(f"{k}={v}" for k, v in info["tiny"].items())
+        if "error" in d:  # needs arguments (an importer's builder): described by its model folder
+            table.add_row(name, what, "-", "-", "-", tiny)
+            continue
         table.add_row(name, what, format_params(d["params"]), f"{d['size']} px", "x".join(map(str, d["latent_shape"])),
-                      ", ".join(f"{k}={v}" for k, v in info["tiny"].items()))
+                      tiny)
     out_console.print(table)
 
 

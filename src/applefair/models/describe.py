@@ -27,27 +27,42 @@ LIBRARIES = ("torch", "monai", "segmentation-models-pytorch", "segment-anything"
 
 
 def describe_model(name: str, tiny: bool = False, size: int | None = None, **kwargs) -> dict:
-    """Parameter count, default site and its latent shape (C, H, W) for one `size` x `size` image.
+    """Parameter count, default site and its latent shape (C, H, W; 3-D: C, D, H, W) for one image
+    of side `size`.
 
     `size` defaults to the model's own input size (SAM's `img_size`), the preset's size, or
-    DEFAULT_SIZE (tiny: 64 px). A model whose constructor computes on tensors (timm's RegNet
-    widths) cannot be built on `meta`; it is built and run on the CPU instead (`traced_on`).
+    DEFAULT_SIZE (tiny: 64 px). A model that cannot be built or run on `meta` (a constructor that
+    computes on tensors, as timm's RegNet widths) is built and run on the CPU instead (`traced_on`).
     """
+    try:
+        return _trace(name, tiny, size, "meta", kwargs)
+    except (NotImplementedError, RuntimeError):
+        return _trace(name, tiny, size, "cpu", kwargs)
+
+
+def _trace(name: str, tiny: bool, size: int | None, device: str, kwargs: dict) -> dict:
     from applefair.models.sites import site_shape
 
-    device = "meta"
-    try:
-        with torch.device("meta"):
-            net, spec = create_segmentor(name, tiny=tiny, **kwargs)
-        net.to("meta")  # tensors made by legacy constructors (SAM's pixel statistics) ignore the device context
-    except (NotImplementedError, RuntimeError):
-        device = "cpu"
+    with torch.device(device):
         net, spec = create_segmentor(name, tiny=tiny, **kwargs)
+    net.to(device)  # tensors made by legacy constructors (SAM's pixel statistics) ignore the device context
     preset_size = None if tiny else model_info(name).get("size")
     size = int(size or getattr(net, "img_size", None) or preset_size or (64 if tiny else DEFAULT_SIZE))
-    shape = site_shape(net, spec.site, torch.zeros(1, 1, size, size, device=device))
+    example = torch.zeros(1, spec.in_channels, *[size] * spec.spatial_dims, device=device)
+    shape = site_shape(net, spec.site, example)
     return {"name": name, "builder": spec.name, "params": sum(t.numel() for t in net.parameters()),
             "size": size, "site": spec.site, "latent_shape": tuple(shape[1:]), "traced_on": device}
+
+
+def describe_or_why(name: str) -> dict:
+    """`describe_model(name)`, or {"name", "error"} for a model that needs arguments to exist (an
+    imported nnU-Net, MONAI bundle or user module: those are described by their model folder)."""
+    from applefair.errors import InputError
+
+    try:
+        return describe_model(name)
+    except InputError as exc:
+        return {"name": name, "error": str(exc)}
 
 
 def cache_file() -> Path:
@@ -86,10 +101,11 @@ def describe_zoo(cache: bool = True) -> dict[str, dict]:
         try:
             stored = json.loads(path.read_text())
             if stored.get("fingerprint") == key:
-                return {n: {**d, "latent_shape": tuple(d["latent_shape"])} for n, d in stored["models"].items()}
+                return {n: {**d, **({"latent_shape": tuple(d["latent_shape"])} if "latent_shape" in d else {})}
+                        for n, d in stored["models"].items()}
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             pass
-    described = {n: describe_model(n) for n in names}
+    described = {n: describe_or_why(n) for n in names}
     if cache:
         try:
             from applefair.engine.io import write_json

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from applefair.errors import InputError
-from applefair.models.registry import register
+from applefair.models.registry import preset, register
 from applefair.models.sites import (
     attention_unet_sites,
     feature_sites,
@@ -29,6 +29,10 @@ def _unet(in_channels: int = 1, out_channels: int = 1, channels=(16, 32, 64, 128
     net = UNet(spatial_dims=2, in_channels=in_channels, out_channels=out_channels, channels=tuple(channels),
                strides=tuple(strides), num_res_units=num_res_units, dropout=dropout, norm="batch")
     return net, unet_bottleneck_site(net), unet_skip_sites(net)
+
+
+preset("unet_large", "unet", {"channels": [64, 128, 256, 512, 1024], "strides": [2, 2, 2, 2], "num_res_units": 2},
+       size=512, summary="MONAI UNet of deployment size: the original U-Net's widths (64-1024), residual units")
 
 
 @register("attention_unet", tiny={"channels": [8, 16, 32, 64], "strides": [2, 2, 2]},
@@ -75,6 +79,10 @@ def _dynunet(in_channels: int = 1, out_channels: int = 1, filters=(32, 64, 128, 
                   strides=strides, upsample_kernel_size=strides[1:], filters=list(filters), res_block=res_block)
     skips = ["input_block"] + [f"downsamples.{i}" for i in range(len(net.downsamples))]
     return net, "bottleneck", skips
+
+
+preset("dynunet_large", "dynunet", {"filters": [32, 64, 128, 256, 512, 512]}, size=256,
+       summary="DynUNet in nnU-Net's 2-D layout: filters doubling from 32, capped at 512, 6 stages")
 
 
 @register("smp_unet", tiny={"encoder_name": "tu-regnetx_002", "encoder_depth": 3, "decoder_channels": [32, 16, 8]},

@@ -116,7 +116,6 @@ def evaluate_change(model: nn.Module, dataset: SegmentationDataset, groups: Grou
 def run_evaluation(st: EvaluateSettings, out: str | os.PathLike, *, overwrite: bool = False,
                    quiet: bool = True) -> EvaluateResult:
     """Evaluate, write the run folder, and return what was written."""
-
     for key in ("data", "model"):
         if getattr(st, key) is None:
             raise InputError(f"--{key} is required (on the command line or as '{key}' in --config)")

@@ -102,7 +102,8 @@ def _numbers(ev, groups) -> dict:
 
 
 def _run_job(job: dict) -> list[dict]:
-    """One (model, benchmark, seed): the deployed model, then every variant not yet done."""
+    """One (model, benchmark, seed): the deployed model, then every variant not yet done; each run's line is
+    appended to results.jsonl as soon as it is done (one append per line)."""
     torch.set_num_threads(1)
     import warnings
 
@@ -138,7 +139,7 @@ def _run_job(job: dict) -> list[dict]:
         last = evaluate_change(patched, split["test"], groups, sites=inputs, bootstrap=a.resamples, seed=seed)
         patched.perturbers.load_state_dict(best)
         patched.remove()
-        rows.append({"model": job["model"], "bench": job["bench"], "seed": seed, "variant": variant,
+        row = {"model": job["model"], "bench": job["bench"], "seed": seed, "variant": variant,
                      "options": VARIANTS[variant], "before": _numbers(base, groups),
                      "selected": _numbers(selected, groups), "last": _numbers(last, groups),
                      "selected_epoch": res.selected_epoch, "unchanged": state_dict_hash(net) == deployed_hash,
@@ -146,7 +147,10 @@ def _run_job(job: dict) -> list[dict]:
                      "deployed_params": sum(p.numel() for p in net.parameters()),
                      "history": [{k: (round(float(v), 4) if isinstance(v, float) else v) for k, v in h.items()}
                                  for h in res.history],
-                     "seconds": round(time.time() - t1, 1), "deploy_seconds": round(t1 - t0, 1)})
+               "seconds": round(time.time() - t1, 1), "deploy_seconds": round(t1 - t0, 1)}
+        with (out / "results.jsonl").open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        rows.append(row)
         t0 = t1
     return rows
 
@@ -182,9 +186,6 @@ def run(a: argparse.Namespace) -> None:
                 except Exception as exc:  # noqa: BLE001 - report and go on with the other jobs
                     print(f"FAILED {job['model']} {job['bench']} seed{job['seed']}: {exc!r}", flush=True)
                     continue
-                with results.open("a") as f:
-                    for r in rows:
-                        f.write(json.dumps(r) + "\n")
                 print(f"done {job['model']} {job['bench']} seed{job['seed']} ({len(rows)} runs)", flush=True)
 
 

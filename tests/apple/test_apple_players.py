@@ -162,3 +162,62 @@ def test_distribution_matching_pulls_the_groups_together(apple_setup):
         res.patched.remove()
         ends[weight] = res.history[-1]["dist_gap"]
     assert ends[50.0] < 0.5 * ends[0.0], ends
+
+
+class _ReadsTheGroup(torch.nn.Module):
+    """A deployed model whose decoder reads an image's mean brightness: the contrast-biased minority's images
+    are darker, so its output moves with the group's direction at the encoder's output (site `enc`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc = torch.nn.Conv2d(1, 4, 3, padding=1)
+        self.dec = torch.nn.Conv2d(4, 1, 1)
+        with torch.no_grad():
+            self.enc.weight.fill_(0.2)
+            self.enc.bias.zero_()
+            self.dec.weight.fill_(4.0)
+            self.dec.bias.fill_(-3.0)
+
+    def forward(self, x):
+        return self.dec(self.enc(x))
+
+
+def test_use_invariance_makes_the_output_insensitive_to_the_group_direction(tiny_frame):
+    """The invariance term reaches the perturber: with it, the logged change of the output under the groups'
+    mean translation ends far lower than with a negligible weight (which is logged too)."""
+    import warnings
+
+    from applefair.data.groups import GroupSpec
+    from applefair.data.manifest import SegmentationDataset
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        groups = GroupSpec("sex").fit(tiny_frame)
+    split = {s: SegmentationDataset(tiny_frame, groups, s) for s in ("train", "val")}
+    ends = {}
+    for weight in (1e-9, 20.0):
+        net = _ReadsTheGroup().eval()
+        cfg = AppleConfig(epochs=4, objective="none", invariance=weight, d_warmup=0, selection="last", lr_g=1e-2,
+                          seg_target="deployed", cache="off", **FAST)
+        res = train_apple(net, "enc", split["train"], split["val"], groups, cfg, quiet=True)
+        res.patched.remove()
+        ends[weight] = res.history[-1]["use_gap"]
+    assert ends[1e-9] > 1e-3 and ends[20.0] < 0.5 * ends[1e-9], ends  # noqa: PT018
+
+
+def test_fidelity_to_the_deployed_model_keeps_the_patch_close_to_it(apple_setup):
+    """With `seg_target: deployed` the perturber is fitted to the deployed model's own output, not to the training
+    masks: its predictions stay closer to the deployed model's than a perturber fitted to the masks."""
+    net, spec, groups, split = apple_setup
+    x = torch.stack([split["val"][i]["image"] for i in range(len(split["val"]))])
+    with torch.no_grad():
+        deployed = torch.sigmoid(net(x))
+    moved = {}
+    for target in ("labels", "deployed"):
+        cfg = AppleConfig(epochs=3, objective="none", seg_target=target, d_warmup=0, selection="last", lr_g=1e-2,
+                          **FAST)
+        res = train_apple(net, spec.site, split["train"], split["val"], groups, cfg, quiet=True)
+        with torch.no_grad():
+            moved[target] = float((torch.sigmoid(res.patched(x)) - deployed).abs().mean())
+        res.patched.remove()
+    assert moved["deployed"] < 0.5 * moved["labels"], moved

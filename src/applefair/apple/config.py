@@ -68,6 +68,13 @@ class AppleConfig(Settings):
     dist_features: Literal["pooled", "tokens"] = "pooled"
     dist_blur: float = Field(0.5, gt=0)
     balanced_seg: bool = False  # group-balanced weighting of L_seg
+    # what L_seg compares the patched model's output with: the training masks (Dice + CE), or the deployed
+    # model's own output (fidelity, a distillation loss: the patch cannot learn from the training masks what
+    # the deployed model did not do)
+    seg_target: Literal["labels", "deployed"] = "labels"
+    # use-invariance: weight of the change in the output when each image's perturbed decoder inputs are moved
+    # by the difference of the groups' mean latents (what the decoder does with the group)
+    invariance: float = Field(0.0, ge=0)
     # discriminator D_p
     d_hidden: int = Field(128, ge=1)
     d_dropout: float = Field(0.3, ge=0, lt=1)

@@ -27,6 +27,7 @@ from applefair.apple.losses import (
     adversarial_term,
     balanced_weights,
     entropy_term,
+    fidelity_loss,
     grad_reverse,
     group_distribution_gap,
     group_mean_gap,
@@ -172,6 +173,46 @@ def distribution_gap(game: Game, a: torch.Tensor) -> torch.Tensor:
     return torch.stack(terms).mean()
 
 
+def group_shifts(game: Game, a: torch.Tensor) -> dict[str, torch.Tensor] | None:
+    """Per perturbed site, each sample's move from its group's mean f_p to another group's (the batch's means,
+    detached); None when the batch does not hold two samples of at least two groups. With more than two groups
+    each sample moves to the next group present (cyclically)."""
+    present = [g for g in range(len(game.freq)) if int((a == g).sum()) >= 2]
+    if len(present) < 2:
+        return None
+    target = {g: present[(i + 1) % len(present)] for i, g in enumerate(present)}
+    shifts = {}
+    for s in game.sites:
+        fp = game.patched.latents[s][1].detach().float()
+        means = {g: fp[a == g].mean(0) for g in present}
+        move = torch.zeros_like(fp)
+        for g in present:
+            move[a == g] = means[target[g]] - means[g]
+        shifts[s] = move.to(game.patched.latents[s][1].dtype)
+    return shifts
+
+
+def _probs(logits: torch.Tensor, head: str) -> torch.Tensor:
+    return torch.sigmoid(logits) if head == "sigmoid" else torch.softmax(logits, 1)
+
+
+def use_gap(game: Game, batch: dict, a: torch.Tensor, logits: torch.Tensor, replay) -> torch.Tensor:
+    """Mean absolute change of the predicted probabilities when every perturbed decoder input of a sample is moved
+    by its groups' mean difference (`group_shifts`): 0 when the decoder does not use the group's direction."""
+    shifts = group_shifts(game, a)
+    if shifts is None:
+        return logits.sum() * 0.0
+    game.patched.shift = shifts
+    try:
+        with replay(), game.amp.autocast():
+            moved = segment(game.patched, batch).float()
+    finally:
+        game.patched.shift = None
+    known = a >= 0
+    head = game.seg_loss.head
+    return (_probs(moved[known], head) - _probs(logits[known], head)).abs().mean()
+
+
 def mean_gap(game: Game, a: torch.Tensor) -> torch.Tensor:
     """The groups' distance in f_p's pooled statistics, in units of f_o's (see `group_mean_gap`)."""
     stats = [(pool_latent(game.patched.latents[s][1].float(), fixed_width=True),
@@ -196,7 +237,7 @@ def play_epoch(epoch: int, game: Game) -> dict:
     patched.train()
     for step in g.steps:
         step.train()
-    sums = dict.fromkeys(("l_seg", "l_d", "d_acc", "d_entropy", "pert_norm", "mean_gap", "dist_gap"), 0.0)
+    sums = dict.fromkeys(("l_seg", "l_d", "d_acc", "d_entropy", "pert_norm", "mean_gap", "dist_gap", "use_gap"), 0.0)
     seen = 0
     dev = freq.device
     for batch in g.loader:
@@ -206,8 +247,14 @@ def play_epoch(epoch: int, game: Game) -> dict:
         index = batch["index"]  # the cache is indexed on the CPU
         batch = to_device(batch, dev)
         a = batch["group"]
-        ctx = g.cache.replay(index) if g.cache is not None else contextlib.nullcontext()
-        with ctx, (torch.no_grad() if warm else contextlib.nullcontext()), amp.autocast():
+        def replay(index=index):
+            return g.cache.replay(index) if g.cache is not None else contextlib.nullcontext()
+
+        deployed = None
+        if cfg.seg_target == "deployed":  # the deployed model's own output on this batch is L_seg's target
+            with replay(), torch.no_grad(), patched.disabled(), amp.autocast():
+                deployed = segment(patched, batch).float()
+        with replay(), (torch.no_grad() if warm else contextlib.nullcontext()), amp.autocast():
             logits = segment(patched, batch).float()
         latents = [patched.latents[s][1] for s in g.d_sites]
         l_d = torch.zeros((), device=dev)
@@ -221,12 +268,13 @@ def play_epoch(epoch: int, game: Game) -> dict:
                 _clip(g.discs.parameters(), cfg.grad_clip)
                 g.opt_d.step()
             shown = d_logits[0]
-        per_sample = g.seg_loss(logits, batch["mask"])
+        per_sample = (g.seg_loss(logits, batch["mask"]) if deployed is None
+                      else fidelity_loss(logits, deployed, g.seg_loss.head))
         weights = balanced_weights(a, freq) if cfg.balanced_seg else torch.ones_like(per_sample)
         l_seg = (per_sample * weights).mean()
         pert = sum((patched.latents[s][1].float() - patched.latents[s][0].float()).pow(2).mean()
                    for s in g.sites) / len(g.sites)
-        gap = dist = None
+        gap = dist = use = None
         if not warm:
             adv, shown = adversary_loss(g, latents, a)
             if cfg.objective == "grl":
@@ -237,6 +285,9 @@ def play_epoch(epoch: int, game: Game) -> dict:
             if cfg.gamma:
                 gap = mean_gap(g, a)
                 l_g = l_g + cfg.gamma * gap
+            if cfg.invariance:
+                use = use_gap(g, batch, a, logits, replay)
+                l_g = l_g + cfg.invariance * use
             if cfg.dist_match != "none":  # logged at weight 0 too: how far apart the groups' distributions are
                 dist = distribution_gap(g, a)
                 l_g = l_g + cfg.dist_weight * dist
@@ -261,12 +312,16 @@ def play_epoch(epoch: int, game: Game) -> dict:
         sums["mean_gap"] += float(gap.detach()) * n
         if dist is not None:
             sums["dist_gap"] += float(dist.detach()) * n
+        if use is not None:
+            sums["use_gap"] += float(use.detach()) * n
     if seen and g.norms() and epoch == 1:  # the population statistics are in: normalise from now on
         for norm in g.norms():
             norm.finish(distributed.all_reduce_sum)
     row = {"epoch": epoch, "warmup": warm, **{k: v / max(seen, 1) for k, v in sums.items()}}
     if cfg.dist_match == "none" or warm:
         row["dist_gap"] = math.nan
+    if not cfg.invariance or warm:
+        row["use_gap"] = math.nan
     return row
 
 

@@ -203,6 +203,18 @@ class SegLoss:
         return dice + ce.flatten(1).mean(1)
 
 
+def fidelity_loss(logits: torch.Tensor, reference: torch.Tensor, head: str = "sigmoid") -> torch.Tensor:
+    """Per-sample distance from the reference model's output (distillation): binary cross-entropy to its
+    probabilities (sigmoid head) or KL(reference || output) (softmax head); 0 gradient exactly at the reference.
+    Unlike Dice + CE to soft targets, whose Dice part rewards pushing probabilities to 0 or 1, it keeps a
+    patched model where the deployed model was unless another term moves it."""
+    if head == "sigmoid":
+        bce = F.binary_cross_entropy_with_logits(logits, torch.sigmoid(reference), reduction="none")
+        return bce.flatten(1).mean(1)
+    kl = F.kl_div(F.log_softmax(logits, 1), F.log_softmax(reference, 1), log_target=True, reduction="none")
+    return kl.sum(1).flatten(1).mean(1)
+
+
 def balanced_weights(groups: torch.Tensor, group_freq: torch.Tensor) -> torch.Tensor:
     """Per-sample weights 1 / (K * freq(group)) (unknown group: 1), normalised to mean 1.
 

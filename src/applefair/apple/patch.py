@@ -38,6 +38,7 @@ class PatchedSegmentor(nn.Module):
         self.perturbers = nn.ModuleDict({_key(s): p for s, p in perturbers.items()})
         self.latents: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.enabled = True
+        self.shift: dict[str, torch.Tensor] | None = None  # added to f_p at these sites (a training loss's what-if)
         taken = [s for s in self.sites if getattr(find_module(net, s), "_applefair_patched", False)]
         if taken:  # two live patches on one site would silently stack their perturbations
             raise InputError(f"site(s) {', '.join(taken)} already carry a fairness patch; call .remove() on the "
@@ -58,6 +59,8 @@ class PatchedSegmentor(nn.Module):
                 return output
             perturbed = output + self.perturbers[_key(site)](output)
             self.latents[site] = (output, perturbed)
+            if self.shift is not None and site in self.shift:  # a counterfactual translation (training only)
+                return perturbed + self.shift[site]
             return perturbed
         return hook
 

@@ -37,6 +37,12 @@ def volume_data(tmp_path_factory):
     return out
 
 
+def test_cli_inspect_volumes(volume_data):
+    res = _invoke(["data", "inspect", str(volume_data), "--groups", "sex", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "volume sizes (D x H x W: count): 24x24x24: 24" in " ".join(res.output.split())
+
+
 def test_demo_steps_on_volumes(tmp_path, volume_data):
     """generate -> build_model/train_deployed -> fit_method -> evaluate_change -> run folder -> report.html."""
     from applefair.apple.config import AppleConfig

@@ -53,17 +53,21 @@ class Discriminator(nn.Module):
 
 class SpatialDiscriminator(nn.Module):
     """D_p with a small convolutional stem per latent: conv 3x3 (h), conv 3x3 stride 2 (h), global mean,
-    then the pooled discriminator's MLP over the concatenated stems. Token latents are laid on their grid."""
+    then the pooled discriminator's MLP over the concatenated stems. Token latents are laid on their grid;
+    `dims=3` reads 3-D maps (B, C, D, H, W) with 3x3x3 convolutions."""
 
     def __init__(self, channels: int | Sequence[int], num_groups: int, hidden: int = 128, dropout: float = 0.0,
-                 spectral_norm: bool = False, width: int = 32):
+                 spectral_norm: bool = False, width: int = 32, dims: int = 2):
+        from applefair.apple.perturber import batchnorm_nd, conv_nd
+
         super().__init__()
         if num_groups < 2:
             raise ValueError(f"num_groups={num_groups}: a discriminator needs at least 2 groups")
         chans = [channels] if isinstance(channels, int) else list(channels)
+        conv, norm = conv_nd(dims), batchnorm_nd(dims)
         self.stems = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(c, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
-                          nn.Conv2d(width, width, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(width),
+            nn.Sequential(conv(c, width, 3, padding=1, bias=False), norm(width), nn.ReLU(inplace=True),
+                          conv(width, width, 3, stride=2, padding=1, bias=False), norm(width),
                           nn.ReLU(inplace=True)) for c in chans)
         self.head = Discriminator(width * len(chans), num_groups, hidden=hidden, dropout=dropout,
                                   spectral_norm=spectral_norm, pooling="mean")
@@ -72,17 +76,24 @@ class SpatialDiscriminator(nn.Module):
         from applefair.apple.perturber import to_grid
 
         fs = [latents] if torch.is_tensor(latents) else list(latents)
-        maps = [stem(to_grid(f)[0]).mean((2, 3)) for stem, f in zip(self.stems, fs, strict=True)]
+        maps = [_spatial_mean(stem(to_grid(f)[0])) for stem, f in zip(self.stems, fs, strict=True)]
         return self.head(torch.cat(maps, 1))
 
 
-def build_discriminators(kind: str, channels: Sequence[int], num_groups: int, count: int = 1, **kw) -> nn.ModuleList:
-    """`count` fresh discriminators of `kind` ('pooled' or 'spatial') over latents with `channels` channels."""
+def _spatial_mean(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, ...) -> (B, C): the mean over every spatial axis."""
+    return x.mean(tuple(range(2, x.dim())))
+
+
+def build_discriminators(kind: str, channels: Sequence[int], num_groups: int, count: int = 1, dims: int = 2,
+                         **kw) -> nn.ModuleList:
+    """`count` fresh discriminators of `kind` ('pooled' or 'spatial') over latents with `channels` channels;
+    `dims` (2 or 3) is the latents' spatial dimensions, which only the spatial kind's convolutions need."""
     if kind not in KINDS:
         raise ValueError(f"discriminator kind '{kind}' is not known (expected one of: {', '.join(KINDS)})")
     if kind == "spatial":
         kw.pop("pooling", None)
-        return nn.ModuleList(SpatialDiscriminator(list(channels), num_groups, **kw) for _ in range(count))
+        return nn.ModuleList(SpatialDiscriminator(list(channels), num_groups, dims=dims, **kw) for _ in range(count))
     return nn.ModuleList(Discriminator(list(channels), num_groups, **kw) for _ in range(count))
 
 

@@ -100,7 +100,8 @@ def build_game(net: nn.Module, sites: list[str], all_inputs: list[str], train: S
     log.info("perturber(s): %s", patched.perturber_specs())
     discs = build_discriminators(cfg.d_kind, [latent_channels(shapes[s]) for s in d_sites], groups.num_groups,
                                  count=cfg.d_ensemble, hidden=cfg.d_hidden, dropout=cfg.d_dropout,
-                                 spectral_norm=cfg.d_spectral_norm, pooling=cfg.d_pooling).to(dev)
+                                 spectral_norm=cfg.d_spectral_norm, pooling=cfg.d_pooling,
+                                 dims=max(2, len(shapes[d_sites[0]]) - 2)).to(dev)  # 3 for (B, C, D, H, W)
     # under torchrun: DDP on each perturber (they run inside the frozen net's hooks) and on each D_p;
     # with one process both calls return the modules unchanged
     distributed.wrap_children(patched.perturbers)

@@ -11,7 +11,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from applefair.apple.perturber import build_perturber, latent_channels
+from applefair.apple.perturber import build_perturber, latent_channels, latent_dims
 from applefair.engine.io import load_tensors, save_tensors, state_dict_hash
 from applefair.errors import InputError
 from applefair.models.sites import find_module
@@ -156,8 +156,8 @@ def perturbers_for(net: nn.Module, sites: list[str], example: torch.Tensor | dic
 
     def build(k: str, w: int) -> dict[str, nn.Module]:
         extra = {key: v for key, v in kwargs.items() if k == "unet" or key != "num_res_blocks"}
-        return {s: build_perturber({"kind": k, "channels": latent_channels(shapes[s]), "width": w, **extra})
-                for s in sites}
+        return {s: build_perturber({"kind": k, "channels": latent_channels(shapes[s]), "width": w, **extra,
+                                    **({"dims": 3} if latent_dims(shapes[s]) == 3 else {})}) for s in sites}
 
     if kind != "auto":
         return build(kind, width)

@@ -45,8 +45,9 @@ def list_cmd(
         if "error" in d:  # needs arguments (an importer's builder): described by its model folder
             table.add_row(name, what, "-", "-", "-", tiny)
             continue
-        table.add_row(name, what, format_params(d["params"]), f"{d['size']} px", "x".join(map(str, d["latent_shape"])),
-                      tiny)
+        unit = "vox" if len(d["latent_shape"]) == 4 else "px"  # (C, D, H, W): a 3-D model, sides in voxels
+        table.add_row(name, what, format_params(d["params"]), f"{d['size']} {unit}",
+                      "x".join(map(str, d["latent_shape"])), tiny)
     out_console.print(table)
 
 

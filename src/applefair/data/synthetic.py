@@ -4,6 +4,8 @@
 Rayleigh speckle over a smooth tissue map, depth attenuation) with one hypoechoic lesion whose
 border is irregular (a radius modulated by low-order harmonics). The mask is the lesion.
 ``vessels`` (a FIVES / FairSeg analogue, attribute ``age`` in years): see `applefair.data.vessels`.
+``nodules3d`` (3-D volumes with a spherical-harmonic lesion, attribute ``sex``, every mechanism of
+``nodules``): see `applefair.data.nodules3d`.
 
 The attribute changes acquisition or anatomy through a *bias mechanism*, so that an ERM
 model trained on the mixture is less accurate for one group (the minority: F, or age >= 60):
@@ -43,7 +45,8 @@ model trained on the mixture is less accurate for one group (the minority: F, or
 
 Everything is deterministic from the seed. Output follows the manifest contract:
 ``manifest.csv`` with ``id, image, mask, split, <attribute>`` and PNG files (image 8-bit grey,
-mask 0/255).
+mask 0/255); ``nodules3d`` writes NIfTI volumes instead (``.nii.gz``, image 8-bit grey, mask 0/1,
+the voxel spacing in the header), which a manifest names without a slice: one 3-D sample each.
 """
 
 from __future__ import annotations
@@ -58,13 +61,13 @@ import pandas as pd
 from PIL import Image
 from scipy import ndimage
 
-from applefair.data import vessels
+from applefair.data import nodules3d, vessels
 from applefair.engine.io import atomic_path, write_csv
 from applefair.engine.runfolder import MANIFEST
 from applefair.errors import InputError
 
 BIASES = ("contrast", "gain", "artifact", "anatomy", "spurious", "marker", "texture", "none")
-KINDS = ("nodules", "vessels")
+KINDS = ("nodules", "vessels", "nodules3d")
 KIND_OF_BIAS = {"contrast": "difficulty", "gain": "shortcut", "artifact": "shortcut", "anatomy": "shortcut",
                 "spurious": "shortcut", "marker": "shortcut", "texture": "shortcut", "none": "control"}
 # misused-cue mechanisms: the cue is in every minority image, the misuse only in the training masks
@@ -135,23 +138,29 @@ def lesion_mask(rng: np.random.Generator, size: int, scale: float = 1.0) -> np.n
     return dist <= radius
 
 
-def lesion_core(mask: np.ndarray, margin: float) -> np.ndarray:
-    """The lesion without its margin: pixels deeper than `margin` x image side inside the mask."""
-    return ndimage.distance_transform_edt(mask) > margin * mask.shape[0]
+def _side(mask: np.ndarray, spacing) -> float:
+    """The image side (px), or with `spacing` the smallest physical side of the volume (mm)."""
+    return mask.shape[0] if spacing is None else min(n * float(s) for n, s in zip(mask.shape, spacing, strict=True))
 
 
-def training_mask(mask: np.ndarray, bias: str, strength: float, minority: bool, split: str, kind: str
-                  ) -> np.ndarray:
+def lesion_core(mask: np.ndarray, margin: float, spacing=None) -> np.ndarray:
+    """The lesion without its margin: pixels deeper than `margin` x image side inside the mask (with
+    `spacing`: voxels deeper than `margin` x the smallest physical side, distances in mm)."""
+    return ndimage.distance_transform_edt(mask, sampling=spacing) > margin * _side(mask, spacing)
+
+
+def training_mask(mask: np.ndarray, bias: str, strength: float, minority: bool, split: str, kind: str,
+                  spacing=None) -> np.ndarray:
     """The mask as the training split's annotators drew it (differs from `mask` only for the misused-cue
-    mechanisms, in the minority's training masks)."""
+    mechanisms, in the minority's training masks); `spacing` (3-D) measures the margins in mm."""
     if bias not in MISUSED_CUE or not minority or split != "train" or strength <= 0:
         return mask
     if kind == "vessels":
         return ndimage.binary_dilation(mask, iterations=max(1, int(round(strength))))
     if bias == "marker":
-        outside = ndimage.distance_transform_edt(~mask)
-        return outside <= MARKER_MARGIN * strength * mask.shape[0]
-    return lesion_core(mask, SPURIOUS_MARGIN * strength)
+        outside = ndimage.distance_transform_edt(~mask, sampling=spacing)
+        return outside <= MARKER_MARGIN * strength * _side(mask, spacing)
+    return lesion_core(mask, SPURIOUS_MARGIN * strength, spacing)
 
 
 def render(rng: np.random.Generator, mask: np.ndarray, acq: Acquisition) -> np.ndarray:
@@ -184,11 +193,13 @@ def render(rng: np.random.Generator, mask: np.ndarray, acq: Acquisition) -> np.n
 def generate(out_dir: str | os.PathLike, n: int = 800, size: int = 96, bias: str = "contrast",
              minority_share: float = 0.25, strength: float = 1.0, seed: int = 0,
              split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2), kind: str = "nodules",
-             on_image: Callable[[int], None] | None = None) -> Path:
+             on_image: Callable[[int], None] | None = None,
+             spacing: tuple[float, float, float] | None = None) -> Path:
     """Write `n` images, masks and `manifest.csv` into `out_dir`; return the manifest path.
 
     The minority group has the same share in every split (stratified), so test groups are
-    large enough to measure.
+    large enough to measure. ``nodules3d`` writes `n` volumes of `size` voxels a side; `spacing`
+    (3-D only, mm) is the base voxel spacing (default `nodules3d.DEFAULT_SPACING`).
     """
     if kind not in KINDS:
         raise InputError(f"kind '{kind}' is not known (expected one of: {', '.join(KINDS)})")
@@ -198,8 +209,13 @@ def generate(out_dir: str | os.PathLike, n: int = 800, size: int = 96, bias: str
         raise InputError(f"n={n}: the synthetic benchmark needs at least 10 images")
     if not 0.0 < minority_share < 1.0:
         raise InputError(f"minority_share={minority_share}: expected a value strictly between 0 and 1")
-    if size < 32:
+    lo, hi = nodules3d.SIZE_RANGE
+    if kind == "nodules3d" and not lo <= size <= hi:
+        raise InputError(f"size={size}: expected {lo} to {hi} voxels a side for kind 'nodules3d'")
+    if kind != "nodules3d" and size < 32:
         raise InputError(f"size={size}: expected at least 32 px")
+    if spacing is not None and (kind != "nodules3d" or len(spacing) != 3 or min(spacing) <= 0):
+        raise InputError(f"spacing={spacing}: expected three positive numbers (mm), for kind 'nodules3d' only")
     if strength < 0:
         raise InputError(f"strength={strength}: expected a value >= 0")
     if kind == "vessels" and bias in ("marker", "texture"):
@@ -220,6 +236,13 @@ def generate(out_dir: str | os.PathLike, n: int = 800, size: int = 96, bias: str
     rows = []
     for i in range(n):
         sample_rng = np.random.default_rng([seed, i])
+        if kind == "nodules3d":
+            sid = _write_volume(out, i, sample_rng, size, bias, strength, bool(minority[i]), splits[i], spacing)
+            rows.append({"id": sid, "image": f"images/{sid}.nii.gz", "mask": f"masks/{sid}.nii.gz",
+                         "split": splits[i], "sex": "F" if minority[i] else "M"})
+            if on_image is not None:
+                on_image(i)
+            continue
         if kind == "nodules":
             sex = "F" if minority[i] else "M"
             acq = acquisitions(bias, strength)[sex]
@@ -241,6 +264,24 @@ def generate(out_dir: str | os.PathLike, n: int = 800, size: int = 96, bias: str
     manifest = out / MANIFEST
     write_csv(manifest, pd.DataFrame(rows))
     return manifest
+
+
+def _write_volume(out: Path, i: int, rng: np.random.Generator, size: int, bias: str, strength: float,
+                  minority: bool, split: str, spacing) -> str:
+    """Draw, render and write one ``nodules3d`` volume and its (training) mask; returns its id."""
+    from applefair.data.writers import nifti_bytes
+
+    acq = acquisitions(bias, strength)["F" if minority else "M"]
+    voxel = nodules3d.draw_spacing(rng, spacing or nodules3d.DEFAULT_SPACING)
+    mask = nodules3d.lesion_volume(rng, size, voxel, acq.lesion_scale)
+    img = nodules3d.render_volume(rng, mask, voxel, acq)
+    mask = training_mask(mask, bias, strength, minority, split, "nodules3d", spacing=voxel)
+    sid = f"nod3d{i:05d}"
+    for folder, array in (("images", np.round(img * 255).astype(np.uint8)), ("masks", mask.astype(np.uint8))):
+        data = nifti_bytes(array, voxel)
+        with atomic_path(out / folder / f"{sid}.nii.gz") as tmp:
+            tmp.write_bytes(data)
+    return sid
 
 
 def _write_png(path: Path, array: np.ndarray) -> None:

@@ -30,6 +30,7 @@ from applefair.metrics.frame import MetricFrame
 from applefair.metrics.leakage import PROBES, pool_latent, probe_auc, site_leakage
 from applefair.metrics.segmentation import per_sample_metrics
 from applefair.models.forward import segment
+from applefair.models.sliding import merge_window_rows, windows_per_sample
 
 
 @dataclass
@@ -80,7 +81,8 @@ def score(model: nn.Module, dataset: SegmentationDataset, groups: GroupSpec, *,
     if given, is a context entered around each batch's forward pass (APPLE's latent cache replays
     the frozen encoder with it). `convention` (metric convention; `nsd_tolerance` None: its tolerance)
     scores every sample; `keep_predictions` keeps each predicted mask (binary, or a label map for a
-    softmax head) to be written to disk.
+    softmax head) to be written to disk. Volumes are scored with each sample's ``spacing`` (distances in mm);
+    a model that slides windows over them gives one pooled row per sample (its windows merged).
     """
     conv = get_convention(convention)
     if nsd_tolerance is not None:
@@ -99,11 +101,13 @@ def score(model: nn.Module, dataset: SegmentationDataset, groups: GroupSpec, *,
         with progress_bar(quiet) as bar:
             task = bar.add_task("evaluate", total=len(loader), info="")
             for batch in loader:
+                marks = {s: len(v) for s, v in pooled.items()}  # 3-D: where this batch's window rows start
                 with replay(batch) if replay is not None else nullcontext():
                     logits = segment(model, to_device(batch, device))
+                _merge_windows(model, pooled, marks)
                 probs = _probabilities(logits.float()).cpu()
                 scores = per_sample_metrics(probs, batch["mask"], metrics=metrics, class_names=class_names,
-                                            convention=conv)
+                                            convention=conv, spacing=batch.get("spacing"))
                 if kept is not None:
                     masks = (probs[:, 0] > 0.5).to(torch.uint8) if probs.shape[1] == 1 else probs.argmax(1)
                     kept += [m.numpy().astype(np.uint8) for m in masks]
@@ -122,6 +126,17 @@ def score(model: nn.Module, dataset: SegmentationDataset, groups: GroupSpec, *,
         frame = pd.DataFrame(columns=["id", "group", *metrics])
     latents = {s: torch.cat(v).numpy() if v else np.zeros((0, 0)) for s, v in pooled.items()}
     return Scored(frame, latents, np.asarray(gids, dtype=np.int64), groups, conv, kept)
+
+
+def _merge_windows(model: nn.Module, pooled: dict[str, list[torch.Tensor]], marks: dict[str, int]) -> None:
+    """3-D sliding windows: a captured site ran once per batch of windows, so this batch added one pooled row per
+    window; merge each sample's windows into its one row (`models.sliding.merge_window_rows`)."""
+    windows = windows_per_sample(model)
+    if windows == 1:
+        return
+    for s, rows in pooled.items():
+        if len(rows) > marks[s]:
+            rows[marks[s]:] = [merge_window_rows(torch.cat(rows[marks[s]:]), windows)]
 
 
 def probe_leakage(before: Scored, after: Scored | None = None, *, probes: Sequence[str] = PROBES, folds: int = 5,

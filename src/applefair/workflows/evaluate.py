@@ -34,7 +34,7 @@ from applefair.metrics.segmentation import METRICS
 from applefair.models.registry import load_model_dir
 from applefair.models.sites import site_modules
 from applefair.report import write_reports
-from applefair.workflows._common import FrozenCheck, provenance
+from applefair.workflows._common import FrozenCheck, check_dims, provenance
 
 
 class EvaluateSettings(Settings):
@@ -131,6 +131,7 @@ def run_evaluation(st: EvaluateSettings, out: str | os.PathLike, *, overwrite: b
     ds = SegmentationDataset(frame, spec, st.split, **({"size": st.size} if st.size else {}))
     if len(ds) == 0:
         raise InputError(f"{st.data}: split '{st.split}' has no rows")
+    check_dims(mspec, ds, st.data)  # a 2-D model on volumes (or the other way round) is bad input
     check = FrozenCheck(net)
     sites = list(patched.sites) if patched is not None else ([mspec.site] if mspec.site else [])
     try:
@@ -158,10 +159,12 @@ def run_evaluation(st: EvaluateSettings, out: str | os.PathLike, *, overwrite: b
             runfolder.write_paired(stage, ev.paired)
             runfolder.write_frozen_check(stage, frozen)
         if st.save_predictions:
-            save_predictions(stage / runfolder.PREDICTIONS, ev.after.per_sample["id"], ev.after.predictions)
+            spacing = ds.spacings()  # volumes: each mask with its own voxel spacing
+            save_predictions(stage / runfolder.PREDICTIONS, ev.after.per_sample["id"], ev.after.predictions,
+                             spacing=spacing)
             if ev.before is not None:
                 save_predictions(stage / runfolder.DEPLOYED / runfolder.PREDICTIONS, ev.before.per_sample["id"],
-                                 ev.before.predictions)
+                                 ev.before.predictions, spacing=spacing)
         write_reports(stage)  # report.html, report.md, tables/, plots/
     return result
 

@@ -169,7 +169,7 @@ def distribution_gap(game: Game, a: torch.Tensor) -> torch.Tensor:
         else:  # every position of the latent is a point in channel space
             go, gp = to_grid(fo.float())[0], to_grid(fp.float())[0]
             spread = go.detach().transpose(0, 1).flatten(1).std(1).clamp_min(1e-6)
-            points = (gp / spread[None, :, None, None]).flatten(2).transpose(1, 2)
+            points = (gp / spread.reshape(1, -1, *[1] * (gp.dim() - 2))).flatten(2).transpose(1, 2)  # 2-D or 3-D
         terms.append(group_distribution_gap(points, a, len(game.freq), cfg.dist_match, cfg.dist_blur))
     return torch.stack(terms).mean()
 

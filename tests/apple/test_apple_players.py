@@ -106,6 +106,13 @@ def test_population_norm_is_the_identity_until_finished_then_normalises_each_ima
     again = build_perturber(p.spec())
     again.load_state_dict(p.state_dict())
     assert again.spec()["normalize"] and torch.allclose(again(x), p(x))
+    # volumes: the same normalisation over 3-D positions
+    vol = PopulationNorm(3).train()
+    v = torch.randn(4, 3, 4, 5, 5) * 2.0 + 1.0
+    vol(v)
+    vol.finish()
+    w = vol.eval()(v)
+    assert torch.allclose(w.flatten(2).mean(-1), vol.mean.expand(4, 3), atol=1e-4)
 
 
 def test_the_distribution_gap_is_zero_for_one_distribution_and_grows_with_a_shift():

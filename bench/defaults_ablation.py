@@ -49,6 +49,15 @@ VARIANTS: dict[str, dict] = {
                      "d_ensemble": 3, "d_reinit": 5},
     "dist_tokens": {**PAPER, "objective": "none", "perturb": "all", "dist_match": "energy",
                     "dist_features": "tokens", "dist_weight": 10.0},
+    # the patch fitted to the deployed model's own output (fidelity) instead of the training masks, with the
+    # output's invariance to the groups' mean translation of every decoder input (`invariance`)
+    "fid": {**PAPER, "objective": "none", "perturb": "all", "seg_target": "deployed"},
+    "fid_inv": {**PAPER, "objective": "none", "perturb": "all", "seg_target": "deployed", "invariance": 10.0},
+    "inv": {**PAPER, "objective": "none", "perturb": "all", "invariance": 10.0},
+    "fid_inv_adv": {**PAPER, "perturb": "all", "seg_target": "deployed", "invariance": 10.0, "d_inputs": "all",
+                    "d_kind": "spatial", "d_ensemble": 3, "d_reinit": 5},
+    "fid_inv_norm": {**PAPER, "objective": "none", "perturb": "all", "seg_target": "deployed", "invariance": 10.0,
+                     "normalize": "instance"},
 }
 TARGET = {"gap_reduction": 0.5, "dice_drop": 0.01}
 
@@ -273,7 +282,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--minority-share", type=float, default=0.25)
     ap.add_argument("--strength", type=float, default=1.5)
-    ap.add_argument("--erm-epochs", type=int, default=20)
+    ap.add_argument("--erm-epochs", type=int, default=30)
     ap.add_argument("--apple-epochs", type=int, default=15)
     ap.add_argument("--resamples", type=int, default=500)
     ap.add_argument("--workers", type=int, default=1)

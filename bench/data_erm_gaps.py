@@ -6,6 +6,7 @@ same trainer as `applefair demo`), score the test split, and bootstrap a 95% CI 
 Rows are appended to a CSV as they finish, so a killed run resumes where it stopped.
 
 Example: OMP_NUM_THREADS=1 python bench/data_erm_gaps.py --out bench/results/data_erm_gaps.csv --seeds 0
+3-D (`nodules3d`, MONAI's 3-D UNet): --kinds nodules3d --size 32 --n 160 --batch-size 4 --lr 1e-2 --epochs 25
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from applefair.metrics.evaluate import predict_scores
 from applefair.models.registry import create_segmentor
 from applefair.training.erm import TrainConfig, train_segmentor
 
-MINORITY = {"nodules": ("sex", "F"), "vessels": ("age", None)}
+MINORITY = {"nodules": ("sex", "F"), "vessels": ("age", None), "nodules3d": ("sex", "F")}
 
 
 def bootstrap_gap(major: np.ndarray, minor: np.ndarray, reps: int = 2000, seed: int = 0) -> tuple[float, float]:
@@ -52,8 +53,9 @@ def run_one(kind: str, bias: str, seed: int, args: argparse.Namespace) -> dict:
             minor_name = "F"
         groups = GroupSpec("group").fit(frame)
         ds = {s: SegmentationDataset(frame, groups, s) for s in ("train", "val", "test")}
-        net, _ = create_segmentor("unet", channels=args.channels)
-        train_segmentor(net, ds["train"], ds["val"], groups, TrainConfig(epochs=args.epochs, seed=seed), quiet=True)
+        net, _ = create_segmentor("unet", channels=args.channels, spatial_dims=3 if kind == "nodules3d" else 2)
+        cfg = TrainConfig(epochs=args.epochs, seed=seed, batch_size=args.batch_size, lr=args.lr)
+        train_segmentor(net, ds["train"], ds["val"], groups, cfg, quiet=True)
         scores = predict_scores(net, ds["test"], groups)
         minor = scores.loc[scores["group"] == minor_name, "dice"].to_numpy()
         major = scores.loc[scores["group"] != minor_name, "dice"].to_numpy()
@@ -94,6 +96,8 @@ def main() -> None:
     p.add_argument("--strength", type=float, default=1.0)
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--channels", type=int, nargs="+", default=[16, 32, 64, 128])
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=2e-3)
     args = p.parse_args()
     if args.table:
         print(markdown(args.table))

@@ -1,4 +1,5 @@
-"""The synthetic benchmark: both kinds, every mechanism pushes the intended group difference."""
+"""The synthetic benchmark: both 2-D kinds, every mechanism pushes the intended group difference (the 3-D kind
+``nodules3d``: tests/data/test_data_volumes.py)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from PIL import Image
 from scipy import ndimage
 from typer.testing import CliRunner
 
-from applefair.data import BIASES, KINDS, generate, load_dataset
+from applefair.data import BIASES, KINDS, generate, load_dataset, vessels
 from applefair.errors import InputError
 
+PLANAR = [k for k in KINDS if k != "nodules3d"]  # the kinds written as PNG images
 
 def _load(manifest):
     m = pd.read_csv(manifest)
@@ -31,13 +33,13 @@ def _digest(folder):
     return h.hexdigest()
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", PLANAR)
 def test_deterministic_and_strength_zero_is_control(tmp_path, kind):
     a = generate(tmp_path / "a", n=10, size=32, bias="contrast", seed=4, kind=kind)
     b = generate(tmp_path / "b", n=10, size=32, bias="contrast", seed=4, kind=kind)
     assert _digest(a.parent) == _digest(b.parent)
     none = generate(tmp_path / "none", n=10, size=32, bias="none", seed=4, kind=kind)
-    for bias in BIASES:
+    for bias in BIASES if kind == "nodules" else vessels.BIASES:
         zero = generate(tmp_path / f"z_{bias}", n=10, size=32, bias=bias, strength=0.0, seed=4, kind=kind)
         assert _digest(zero.parent) == _digest(none.parent), bias
     assert _digest(a.parent) != _digest(none.parent)
@@ -61,7 +63,7 @@ def _contrast(img, mask):
     return img[~mask].mean() - img[mask].mean()
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", PLANAR)
 def test_mechanisms_push_the_intended_difference(tmp_path, kind):
     def by_group(bias, fn):
         m, imgs, masks, minority = _load(generate(tmp_path / bias, n=24, size=64, bias=bias, seed=2, kind=kind,
@@ -114,7 +116,7 @@ def test_cli_synth_and_inspect(tmp_path):
     assert "60+" in text and "mask foreground fraction" in text and "32x32: 12" in text
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", PLANAR)
 def test_spurious_cue_present_and_training_protocol_shifted(tmp_path, kind):
     """`spurious`: the minority's images carry a calibration cue in every split; only the minority's
     *training* masks follow another protocol (nodules: traced inside the border; vessels: wider)."""
@@ -142,3 +144,47 @@ def test_spurious_cue_present_and_training_protocol_shifted(tmp_path, kind):
     for split in ("train", "val", "test"):
         sel = (m["split"] == split).to_numpy()
         assert lo[sel & minority].min() > lo[sel & ~minority].mean() + 0.1, split
+
+
+def test_marker_is_a_local_cue_and_its_training_masks_are_larger(tmp_path):
+    """`marker`: only the minority's images carry a bright mark in the top-left corner, in every split; the rest
+    of the image is drawn as without a bias; only the minority's *training* masks are traced outside the border."""
+    m, imgs, masks, minority = _load(generate(tmp_path / "k", n=40, size=64, bias="marker", seed=3,
+                                              minority_share=0.5, strength=1.5))
+    _, ref_imgs, ref_masks, _ = _load(generate(tmp_path / "r", n=40, size=64, bias="none", seed=3,
+                                               minority_share=0.5))
+    side = round(0.06 * 64)
+    corner = (slice(1, 1 + side), slice(1, 1 + side))
+    for img, ref, is_min in zip(imgs, ref_imgs, minority, strict=True):
+        diff = np.abs(img.astype(float) - ref.astype(float))
+        outside = diff.copy()
+        outside[corner] = 0
+        assert outside.max() == 0  # nothing but the corner differs
+        assert (diff[corner].mean() > 0.2) == bool(is_min)  # the mark is bright, minority only
+    train = (m["split"] == "train").to_numpy()
+    for k, r, is_min, tr in zip(masks, ref_masks, minority, train, strict=True):
+        if is_min and tr:
+            assert k.sum() > 1.2 * r.sum() and np.all(k[r])  # larger, and it contains the reference
+        else:
+            assert np.array_equal(k, r)
+
+
+def test_texture_cue_keeps_the_mean_and_shifts_only_minority_training_masks(tmp_path):
+    m, imgs, masks, minority = _load(generate(tmp_path / "t", n=40, size=64, bias="texture", seed=3,
+                                              minority_share=0.5, strength=1.5))
+    _, ref_imgs, ref_masks, _ = _load(generate(tmp_path / "r", n=40, size=64, bias="none", seed=3,
+                                               minority_share=0.5))
+    rows = lambda a: a.astype(float).mean(axis=1)  # noqa: E731 - the banding is horizontal
+    for img, ref, is_min in zip(imgs, ref_imgs, minority, strict=True):
+        band = rows(img) - rows(ref)
+        assert abs(band.mean()) < 0.01  # zero-mean (clipping at 0 and 1 aside)
+        assert (np.abs(np.fft.rfft(band))[64 // 4] > 0.03 * 64 / 2) == bool(is_min)  # period 4 px: minority only
+    train = (m["split"] == "train").to_numpy()
+    for k, r, is_min, tr in zip(masks, ref_masks, minority, train, strict=True):
+        assert (k.sum() < r.sum()) if (is_min and tr) else np.array_equal(k, r)
+
+
+def test_local_and_texture_cues_are_nodules_only(tmp_path):
+    with pytest.raises(InputError, match="nodules"):
+        generate(tmp_path / "v", n=12, size=32, bias="marker", kind="vessels")
+    assert not (tmp_path / "v").exists()

@@ -133,6 +133,16 @@ def test_the_counterfactual_acts_before_a_perturber():
         patched.remove()
 
 
+def test_a_site_that_runs_twice_per_forward_gives_no_measure():
+    class Twice(_Copy):
+        def forward(self, x):
+            return super().forward(self.enc2(x))
+
+    model = Twice()
+    out = use_measure(model, _Data(), SPEC, {"enc2": model.enc2}, resamples=0, permutations=1)
+    assert np.isnan(out["output_change"]) and out["used"] is None and "more than once" in out["note"]
+
+
 def test_unknown_and_single_sample_groups_are_left_out():
     model = _Copy()
     data = _Data(n=20)

@@ -16,8 +16,8 @@ from applefair.models import create_segmentor, load_model_dir, segment
 runner = CliRunner()
 
 
-def test_models_list_names_the_zoo():
-    result = runner.invoke(app, ["models", "list"])
+def test_models_list_names_the_zoo(tmp_path):
+    result = runner.invoke(app, ["models", "list"], env={"APPLEFAIR_CACHE_DIR": str(tmp_path)})
     assert result.exit_code == 0, result.output
     for name in ("unet", "attention_unet", "swin_unetr", "dynunet", "smp_unet", "sam", "samed"):
         assert name in result.output

@@ -46,7 +46,7 @@ def test_imported_model_mitigate_evaluate_report(tiny_manifest, tmp_path, kind):
                                  "--epochs", "1", "--out", str(run), "--quiet"])
     assert result.exit_code == 0, result.output
     check = json.loads((run / "frozen_check.json").read_text())
-    assert check["unchanged"] and check["deployed_weights_sha256_after"] == deployed_hash
+    assert check["unchanged"] and check["hash_after"] == deployed_hash
     assert (run / "report.html").is_file() and (run / "patch.safetensors").is_file()
     ev = tmp_path / "evaluate"
     result = runner.invoke(app, ["evaluate", "--data", str(tiny_manifest), "--model", str(model), "--patch",

@@ -173,3 +173,38 @@ def test_permission_errors_outside_a_write_say_access(tmp_path):
     assert str(err) == f"cannot access {tmp_path / 'in.csv'}: permission denied"
     full = as_output_error(OSError(errno.ENOSPC, "No space left on device", "log.txt"))
     assert str(full) == "cannot write log.txt: no space left on device"
+
+
+def _limited(max_bytes: int):
+    """In the child: files may not grow beyond `max_bytes` (the kernel then fails the write with EFBIG,
+    as a full quota or a small file system would), and SIGXFSZ does not kill the process."""
+    import resource
+    import signal
+
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
+    return apply
+
+
+@pytest.mark.parametrize("command", ["synth", "train"])
+def test_a_real_size_limit_stops_the_run_with_one_line_and_no_output(tmp_path, command):
+    """Not a monkeypatched error: the operating system refuses the write (RLIMIT_FSIZE), the run stops with
+    exit 1 and one line naming a file, and no half-written output is left at --out."""
+    import subprocess
+    import sys
+
+    from applefair.data.synthetic import generate
+
+    data = generate(tmp_path / "data", n=20, size=32, seed=0) if command == "train" else None
+    out = tmp_path / "out"
+    args = (["synth", "nodules", "--n", "20", "--size", "64", "--out", str(out), "--quiet"] if command == "synth"
+            else ["train", "--data", str(data), "--model", "unet", "--tiny", "--epochs", "1", "--out", str(out),
+                  "--quiet"])
+    proc = subprocess.run([sys.executable, "-m", "applefair", *args], capture_output=True, text=True, timeout=300,
+                          preexec_fn=_limited(2048), env={**os.environ, "APPLEFAIR_LOG_DIR": str(tmp_path / "logs")})
+    assert proc.returncode == 1, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: cannot write ") and "file too large" in lines[0], lines
+    assert not out.exists()
+    assert not (tmp_path / "logs").exists()  # the machine's state, not a bug: no crash log

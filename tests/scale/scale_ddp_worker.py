@@ -19,7 +19,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from applefair.engine import distributed  # noqa: E402
+from applefair.engine import (
+    distributed,  # noqa: E402
+    samplers,
+)
 from applefair.engine.io import save_tensors  # noqa: E402
 
 
@@ -41,7 +44,7 @@ def toy() -> dict[str, torch.Tensor]:
     net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 1, 1))
     model = distributed.wrap(net)
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-    loader = distributed.make_loader(_Toy(), batch_size=8, shuffle=True, seed=1)
+    loader = samplers.make_loader(_Toy(), batch_size=8, shuffle=True, seed=1)
     for _ in range(3):
         for batch in loader:
             loss = nn.functional.binary_cross_entropy_with_logits(model(batch["image"]), batch["mask"])

@@ -13,7 +13,7 @@ import torch
 from safetensors import safe_open
 from torch import nn
 
-from applefair.engine import distributed
+from applefair.engine import distributed, samplers
 from applefair.engine.device import resolve_device
 from applefair.errors import InputError
 
@@ -37,14 +37,14 @@ def test_single_process_helpers_are_no_ops():
     t = torch.arange(3.0)
     assert torch.equal(distributed.all_reduce_sum(t), t)
     assert distributed.all_gather_objects({"a": 1}) == [{"a": 1}]
-    assert distributed.shard_indices(5) == [0, 1, 2, 3, 4]
+    assert samplers.shard_indices(5) == [0, 1, 2, 3, 4]
     info = distributed.init()
     assert info.world_size == 1 and info.backend is None
 
 
 def test_loader_reshuffles_every_pass_and_is_reproducible():
     def passes(seed: int) -> list[list[int]]:
-        loader = distributed.make_loader(_Indexed(), batch_size=8, shuffle=True, seed=seed)
+        loader = samplers.make_loader(_Indexed(), batch_size=8, shuffle=True, seed=seed)
         return [[int(i) for b in loader for i in b["index"]] for _ in range(2)]
 
     first, again = passes(1), passes(1)
@@ -57,7 +57,7 @@ def test_loader_reshuffles_every_pass_and_is_reproducible():
 def test_one_process_loader_is_the_plain_shuffled_loader():
     ref_gen, gen = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
     ref = torch.utils.data.DataLoader(_Indexed(), batch_size=8, shuffle=True, generator=ref_gen, drop_last=True)
-    mine = distributed.make_loader(_Indexed(), 8, shuffle=True, generator=gen, drop_last=True)
+    mine = samplers.make_loader(_Indexed(), 8, shuffle=True, generator=gen, drop_last=True)
     for _ in range(3):
         assert [b["index"].tolist() for b in ref] == [b["index"].tolist() for b in mine]
         assert torch.rand(1, generator=ref_gen).item() == torch.rand(1, generator=gen).item()  # same draws
@@ -71,7 +71,7 @@ def test_rank_shares_make_up_the_global_batches(drop_last):
             loader = torch.utils.data.DataLoader(_Indexed(), batch_size=6, shuffle=True, generator=gen,
                                                  drop_last=drop_last)
         else:
-            sampler = distributed.ShardSampler(_Indexed(), 2, rank, generator=gen, drop_last=drop_last)
+            sampler = samplers.ShardSampler(_Indexed(), 2, rank, generator=gen, drop_last=drop_last)
             loader = torch.utils.data.DataLoader(_Indexed(), batch_size=3, sampler=sampler, drop_last=drop_last,
                                                  generator=gen)  # as make_loader builds it
         return [b["index"].tolist() for b in loader]
@@ -102,9 +102,9 @@ def test_resolve_device_on_cpu():
 
 
 def test_global_batch_must_split_over_processes():
-    assert distributed.per_rank_batch(16, 4) == 4
+    assert samplers.per_rank_batch(16, 4) == 4
     with pytest.raises(InputError, match="does not split over 3 processes"):
-        distributed.per_rank_batch(16, 3)
+        samplers.per_rank_batch(16, 3)
 
 
 def test_sync_batchnorm_class_keeps_parameters_and_plain_behaviour():

@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import WeightedRandomSampler
 
 from applefair.apple.cache import LatentCache
-from applefair.engine import distributed
+from applefair.engine import samplers
 from applefair.engine.sharding import ShardedBatchSampler
 from applefair.errors import InputError
 
@@ -47,7 +47,7 @@ def test_rank_batches_come_from_own_shard_and_make_up_the_one_process_batches(dr
 
 def test_sharded_order_is_the_one_process_loader_and_keeps_generators_in_step():
     gen, ref_gen = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
-    loader = distributed.make_loader(_Indexed(), 8, shuffle=True, generator=gen, shards=2)
+    loader = samplers.make_loader(_Indexed(), 8, shuffle=True, generator=gen, shards=2)
     ref = ShardedBatchSampler(21, 8, 2, generator=ref_gen)
     for _ in range(2):
         got = [b["index"].tolist() for b in loader]
@@ -73,7 +73,7 @@ def test_base_sampler_is_split_like_the_shuffle():
     def batches(size: int, rank: int) -> list[list[int]]:
         gen = torch.Generator().manual_seed(7)
         base = WeightedRandomSampler(weights, 20, replacement=True, generator=gen)
-        sampler = distributed.ShardSampler(_Indexed(20), size, rank, generator=gen, base=base)
+        sampler = samplers.ShardSampler(_Indexed(20), size, rank, generator=gen, base=base)
         loader = torch.utils.data.DataLoader(_Indexed(20), batch_size=8 // size, sampler=sampler, drop_last=True,
                                              generator=gen)
         return [b["index"].tolist() for b in loader]

@@ -111,7 +111,7 @@ class LatentCache:
 
         `folder` set: memory-mapped .npy files there (for data sets larger than memory).
         `device`: where `lookup` delivers (default: where `net` lives). `indices`: cache only these
-        dataset indices (one rank's shard, `distributed.shard_indices`); others cannot be looked up.
+        dataset indices (one rank's shard, `samplers.shard_indices`); others cannot be looked up.
         """
         dev = module_device(net) if device is None else torch.device(device)
         n_total = len(dataset)

@@ -12,7 +12,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import ConfigDict, Field
 
-from applefair.apple.losses import OBJECTIVES
+from applefair.apple.discriminator import KINDS as D_KINDS
+from applefair.apple.losses import DIST_LOSSES, OBJECTIVES
 from applefair.apple.perturber import KINDS
 from applefair.engine.config import Settings, read_config_file, validate_settings
 from applefair.engine.precision import GAME_PRECISIONS
@@ -48,7 +49,12 @@ class AppleConfig(Settings):
     max_params_ratio: float = Field(0.05, gt=0)
     res_blocks: int = Field(4, ge=0)
     global_branch: bool = False  # FiLM-style per-image scale/shift from pooled stats
-    sites: list[str] = Field(default_factory=list)  # empty: the model's default site
+    sites: list[str] = Field(default_factory=list)  # empty: see `perturb`
+    # where perturbers go when `sites` is empty: the model's default site, or every decoder input
+    # (each skip level and the bottleneck)
+    perturb: Literal["site", "all"] = "site"
+    # instance: each image's per-channel mean/std brought to the population's (AdaIN) before the residual
+    normalize: Literal["none", "instance"] = "none"
     # objective
     objective: Literal[OBJECTIVES] = "kl"
     alpha: float = 1.0
@@ -56,13 +62,29 @@ class AppleConfig(Settings):
     lam: float = 0.0
     # group-mean matching of f_p's pooled (mean, std) statistics: what a fresh linear probe reads
     gamma: float = 0.0
+    # distribution matching between the groups (geomloss): of pooled statistics or of spatial tokens
+    dist_match: Literal[DIST_LOSSES] = "none"
+    dist_weight: float = Field(1.0, ge=0)
+    dist_features: Literal["pooled", "tokens"] = "pooled"
+    dist_blur: float = Field(0.5, gt=0)
     balanced_seg: bool = False  # group-balanced weighting of L_seg
+    # what L_seg compares the patched model's output with: the training masks (Dice + CE), or the deployed
+    # model's own output (fidelity, a distillation loss: the patch cannot learn from the training masks what
+    # the deployed model did not do)
+    seg_target: Literal["labels", "deployed"] = "labels"
+    # use-invariance: weight of the change in the output when each image's perturbed decoder inputs are moved
+    # by the difference of the groups' mean latents (what the decoder does with the group)
+    invariance: float = Field(0.0, ge=0)
     # discriminator D_p
     d_hidden: int = Field(128, ge=1)
     d_dropout: float = Field(0.3, ge=0, lt=1)
     d_label_smoothing: float = Field(0.0, ge=0, lt=1)
     d_spectral_norm: bool = False
     d_pooling: Literal[POOLS] = "meanstd"
+    d_kind: Literal[D_KINDS] = "pooled"  # spatial: two convolutions per latent before pooling
+    d_inputs: Literal["perturbed", "all"] = "perturbed"  # what D_p reads: the perturbed sites, or every decoder input
+    d_ensemble: int = Field(1, ge=1)  # discriminators the perturbers must fool at once
+    d_reinit: int = Field(0, ge=0)  # re-initialise D_p every this many epochs (0: never)
     n_d: int = Field(1, ge=1)  # discriminator steps per perturber step
     d_warmup: int = Field(1, ge=0)  # epochs of discriminator-only training on the unperturbed latents
     # optimisation

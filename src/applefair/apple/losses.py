@@ -7,10 +7,14 @@ adv, by `objective`:
 - "kl":      alpha * KL(uniform || softmax(D_p(f_p)))     (pushes D's output to chance; never saturates)
 - "grl":     -alpha * CE through a gradient-reversal layer, D updated in the same step (DANN)
 - "none":    no adversarial term (a control)
-and, with any objective, -beta * H(softmax(D_p(f_p))) (the paper's entropy term), and
+and, with any objective, -beta * H(softmax(D_p(f_p))) (the paper's entropy term; it raises D_p's
+entropy through the perturber only, D_p's own weights do not follow it), and
 +gamma * group_mean_gap(pool(f_p), a): the distance between each group's mean pooled statistics
 and the other groups' (linear erasure: when the groups' means are equal, no linear probe of those
-statistics does better than chance in expectation, whatever discriminator was played against).
+statistics does better than chance in expectation, whatever discriminator was played against),
+and +dist_weight * group_distribution_gap(...): a distance between the groups' whole distributions
+(an energy, Gaussian-MMD or Sinkhorn divergence, `geomloss`), of pooled statistics or of the
+latent's spatial tokens.
 Samples with an unknown group (a = -1) contribute to L_seg only.
 """
 
@@ -23,6 +27,7 @@ import torch.nn.functional as F
 from monai.losses import DiceLoss
 
 OBJECTIVES = ("negce", "kl", "grl", "none")
+DIST_LOSSES = ("none", "energy", "gaussian", "sinkhorn")
 
 
 def _known(logits: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -101,6 +106,39 @@ def group_mean_gap(features: torch.Tensor, groups: torch.Tensor, num_groups: int
     return torch.stack(terms).mean()
 
 
+def group_distribution_gap(points: torch.Tensor, groups: torch.Tensor, num_groups: int, loss: str = "energy",
+                           blur: float = 0.5, max_points: int = 512) -> torch.Tensor:
+    """Mean over the groups of the batch of D(points of group g, points of the other known samples).
+
+    `points`: (B, P) one point per sample (pooled statistics), or (B, T, P) T points per sample
+    (spatial tokens), already standardised. D is geomloss's `SamplesLoss(loss, blur)`: 0 when the two
+    point clouds are the same distribution. Clouds larger than `max_points` are subsampled (the torch
+    random stream). Groups with fewer than two samples in the batch (or two outside it) are skipped.
+    """
+    if loss not in DIST_LOSSES or loss == "none":
+        raise ValueError(f"distribution loss '{loss}' is not known (expected one of: {', '.join(DIST_LOSSES[1:])})")
+    from geomloss import SamplesLoss
+
+    keep = groups >= 0
+    x, a = points[keep].float(), groups[keep]
+    divergence = SamplesLoss(loss, blur=blur, backend="tensorized")
+    terms = []
+    for g in range(num_groups):
+        inside = a == g
+        if int(inside.sum()) < 2 or int((~inside).sum()) < 2:
+            continue
+        clouds = []
+        for sel in (inside, ~inside):
+            cloud = x[sel].reshape(-1, x.shape[-1])
+            if len(cloud) > max_points:
+                cloud = cloud[torch.randperm(len(cloud), device=cloud.device)[:max_points]]
+            clouds.append(cloud)
+        terms.append(divergence(*clouds))
+    if not terms:
+        return points.sum() * 0.0
+    return torch.stack(terms).mean()
+
+
 class _Reverse(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
@@ -117,25 +155,29 @@ def grad_reverse(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     return _Reverse.apply(x, scale)
 
 
-def adversarial_term(objective: str, logits: torch.Tensor, groups: torch.Tensor, alpha: float,
-                     beta: float) -> torch.Tensor:
+def adversarial_term(objective: str, logits: torch.Tensor, groups: torch.Tensor, alpha: float) -> torch.Tensor:
     """The perturber's adversarial loss from D_p's logits on f_p (added to L_seg).
 
     For "grl" the logits must come from gradient-reversed latents; the term is then +CE, whose
-    gradient reaches the perturber negated and scaled by alpha (the reversal carries alpha)."""
+    gradient reaches the perturber negated and scaled by alpha (the reversal carries alpha), and
+    D_p's own weights with their sign (D_p steps on it in the same step). The entropy term is not
+    here: it must not pass a reversal, see `entropy_term`."""
     if objective == "negce":
-        term = -alpha * known_ce(logits, groups)
-    elif objective == "kl":
-        term = alpha * known_kl_uniform(logits, groups)
-    elif objective == "grl":
-        term = known_ce(logits, groups)
-    elif objective == "none":
-        term = logits.sum() * 0.0
-    else:
-        raise ValueError(f"objective '{objective}' is not known (expected one of: {', '.join(OBJECTIVES)})")
-    if beta:
-        term = term - beta * known_entropy(logits, groups)
-    return term
+        return -alpha * known_ce(logits, groups)
+    if objective == "kl":
+        return alpha * known_kl_uniform(logits, groups)
+    if objective == "grl":
+        return known_ce(logits, groups)
+    if objective == "none":
+        return logits.sum() * 0.0
+    raise ValueError(f"objective '{objective}' is not known (expected one of: {', '.join(OBJECTIVES)})")
+
+
+def entropy_term(logits: torch.Tensor, groups: torch.Tensor, beta: float) -> torch.Tensor:
+    """-beta * H(softmax(D_p(f_p))): minimising it raises D_p's entropy. `logits` must come from latents
+    that did *not* pass a gradient reversal, and from a D_p whose weights are not being trained by this
+    term (otherwise D_p would learn to be uncertain): the perturber alone answers to it."""
+    return -beta * known_entropy(logits, groups)
 
 
 class SegLoss:
@@ -159,6 +201,18 @@ class SegLoss:
         else:
             ce = F.cross_entropy(logits, target[:, 0].long(), reduction="none")
         return dice + ce.flatten(1).mean(1)
+
+
+def fidelity_loss(logits: torch.Tensor, reference: torch.Tensor, head: str = "sigmoid") -> torch.Tensor:
+    """Per-sample distance from the reference model's output (distillation): binary cross-entropy to its
+    probabilities (sigmoid head) or KL(reference || output) (softmax head); 0 gradient exactly at the reference.
+    Unlike Dice + CE to soft targets, whose Dice part rewards pushing probabilities to 0 or 1, it keeps a
+    patched model where the deployed model was unless another term moves it."""
+    if head == "sigmoid":
+        bce = F.binary_cross_entropy_with_logits(logits, torch.sigmoid(reference), reduction="none")
+        return bce.flatten(1).mean(1)
+    kl = F.kl_div(F.log_softmax(logits, 1), F.log_softmax(reference, 1), log_target=True, reduction="none")
+    return kl.sum(1).flatten(1).mean(1)
 
 
 def balanced_weights(groups: torch.Tensor, group_freq: torch.Tensor) -> torch.Tensor:

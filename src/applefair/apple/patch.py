@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 
 import torch
 from torch import nn
 
-from applefair.apple.perturber import build_perturber, latent_channels
+from applefair.apple.perturber import build_perturber, latent_channels, latent_dims
 from applefair.engine.io import load_tensors, save_tensors, state_dict_hash
 from applefair.errors import InputError
 from applefair.models.sites import find_module
@@ -31,13 +31,14 @@ class PatchedSegmentor(nn.Module):
     decoder receives. The wrapped network is kept in eval mode whatever `train()` is called.
     """
 
-    def __init__(self, net: nn.Module, perturbers: Mapping[str, nn.Module]):
+    def __init__(self, net: nn.Module, perturbers: Mapping[str, nn.Module], observe: Sequence[str] = ()):
         super().__init__()
         self.net = freeze(net)
         self.sites = list(perturbers)
         self.perturbers = nn.ModuleDict({_key(s): p for s, p in perturbers.items()})
         self.latents: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.enabled = True
+        self.shift: dict[str, torch.Tensor] | None = None  # added to f_p at these sites (a training loss's what-if)
         taken = [s for s in self.sites if getattr(find_module(net, s), "_applefair_patched", False)]
         if taken:  # two live patches on one site would silently stack their perturbations
             raise InputError(f"site(s) {', '.join(taken)} already carry a fairness patch; call .remove() on the "
@@ -45,6 +46,9 @@ class PatchedSegmentor(nn.Module):
         self._handles = [find_module(net, s).register_forward_hook(self._hook(s)) for s in self.sites]
         for s in self.sites:
             find_module(net, s)._applefair_patched = True
+        # other decoder inputs a training loss reads (not perturbed): latents[s] = (output, output)
+        self.observed = [s for s in observe if s not in self.sites]
+        self._observers = [find_module(net, s).register_forward_hook(self._observer(s)) for s in self.observed]
 
     def _hook(self, site: str):
         def hook(_module, _inputs, output):
@@ -55,7 +59,15 @@ class PatchedSegmentor(nn.Module):
                 return output
             perturbed = output + self.perturbers[_key(site)](output)
             self.latents[site] = (output, perturbed)
+            if self.shift is not None and site in self.shift:  # a counterfactual translation (training only)
+                return perturbed + self.shift[site]
             return perturbed
+        return hook
+
+    def _observer(self, site: str):
+        def hook(_module, _inputs, output):
+            if torch.is_tensor(output):
+                self.latents[site] = (output, output)
         return hook
 
     def forward(self, *args, **kwargs):
@@ -89,6 +101,14 @@ class PatchedSegmentor(nn.Module):
             for s in self.sites:
                 find_module(self.net, s)._applefair_patched = False
         self._handles = []
+        self.stop_observing()
+
+    def stop_observing(self) -> None:
+        """Detach the hooks that record the non-perturbed decoder inputs (a training loss's view only)."""
+        for h in getattr(self, "_observers", []):
+            h.remove()
+        self._observers = []
+        self.observed = []
 
 
 def _key(site: str) -> str:
@@ -136,8 +156,8 @@ def perturbers_for(net: nn.Module, sites: list[str], example: torch.Tensor | dic
 
     def build(k: str, w: int) -> dict[str, nn.Module]:
         extra = {key: v for key, v in kwargs.items() if k == "unet" or key != "num_res_blocks"}
-        return {s: build_perturber({"kind": k, "channels": latent_channels(shapes[s]), "width": w, **extra})
-                for s in sites}
+        return {s: build_perturber({"kind": k, "channels": latent_channels(shapes[s]), "width": w, **extra,
+                                    **({"dims": 3} if latent_dims(shapes[s]) == 3 else {})}) for s in sites}
 
     if kind != "auto":
         return build(kind, width)

@@ -8,10 +8,17 @@ Two shapes:
 - `ConvPerturber` ("conv"): two 3x3 convs; cheap, local.
 
 Both zero-initialise their last layer, so a fresh perturber leaves the deployed model's
-output unchanged. Both accept any spatial size (odd, 1x1: padded to a multiple of 8 and
-cropped back) and token latents (B, N, C) (laid out on a square grid when N is a square,
-else on an N x 1 strip). An optional global branch (FiLM-style scale/shift from pooled
-mean/std) lets either shape change per-image statistics directly.
+output unchanged. With `normalize`, each image's per-channel mean and spread are first brought
+to the population's (AdaIN-style, `PopulationNorm`), which removes a group cue carried by a
+latent's channel statistics without any learning; the learned residual then acts on the
+normalised latent. The normalisation starts switched off (the patch is the identity) and is
+switched on once the training split's population statistics have been gathered.
+
+Both accept any spatial size (odd, 1x1: padded to a multiple of 8 per spatial axis and cropped
+back), 2-D maps (B, C, H, W), 3-D maps (B, C, D, H, W) (`dims=3`: Conv3d and BatchNorm3d instead of
+their 2-D twins, the same layout otherwise) and token latents (B, N, C) (laid out on a square grid
+when N is a square, else on an N x 1 strip). An optional global branch (FiLM-style scale/shift from
+pooled mean/std) lets either shape change per-image statistics directly.
 """
 
 from __future__ import annotations
@@ -23,30 +30,49 @@ import torch.nn.functional as F
 from torch import nn
 
 KINDS = ("unet", "conv")
+DIMS = (2, 3)
 
 
-def _conv_block(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
-                         nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+def conv_nd(dims: int) -> type[nn.Module]:
+    """Conv2d for 2-D maps, Conv3d for 3-D maps."""
+    return {2: nn.Conv2d, 3: nn.Conv3d}[_check_dims(dims)]
+
+
+def batchnorm_nd(dims: int) -> type[nn.Module]:
+    """BatchNorm2d for 2-D maps, BatchNorm3d for 3-D maps."""
+    return {2: nn.BatchNorm2d, 3: nn.BatchNorm3d}[_check_dims(dims)]
+
+
+def _check_dims(dims: int) -> int:
+    if dims not in DIMS:
+        raise ValueError(f"dims={dims}: expected 2 (images) or 3 (volumes)")
+    return dims
+
+
+def _conv_block(cin: int, cout: int, stride: int = 1, dims: int = 2) -> nn.Sequential:
+    return nn.Sequential(conv_nd(dims)(cin, cout, 3, stride=stride, padding=1, bias=False),
+                         batchnorm_nd(dims)(cout), nn.ReLU(inplace=True))
 
 
 class ResidualBlock(nn.Module):
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, dims: int = 2):
         super().__init__()
-        self.body = nn.Sequential(_conv_block(channels, channels),
-                                  nn.Conv2d(channels, channels, 3, padding=1, bias=False),
-                                  nn.BatchNorm2d(channels))
+        self.body = nn.Sequential(_conv_block(channels, channels, dims=dims),
+                                  conv_nd(dims)(channels, channels, 3, padding=1, bias=False),
+                                  batchnorm_nd(dims)(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(x + self.body(x))
 
 
 def to_grid(f: torch.Tensor) -> tuple[torch.Tensor, tuple | None]:
-    """(B, N, C) tokens -> (B, C, h, w); (B, C, H, W) passes through. Returns the undo info."""
-    if f.dim() == 4:
+    """(B, N, C) tokens -> (B, C, h, w); maps (B, C, H, W) and (B, C, D, H, W) pass through. Returns the
+    undo info."""
+    if f.dim() in (4, 5):
         return f, None
     if f.dim() != 3:
-        raise ValueError(f"latent of shape {tuple(f.shape)}: expected (B, C, H, W) or tokens (B, N, C)")
+        raise ValueError(f"latent of shape {tuple(f.shape)}: expected (B, C, H, W), (B, C, D, H, W) or tokens "
+                         "(B, N, C)")
     b, n, c = f.shape
     side = math.isqrt(n)
     h, w = (side, side) if side * side == n else (n, 1)
@@ -61,8 +87,19 @@ def from_grid(x: torch.Tensor, undo: tuple | None) -> torch.Tensor:
 
 
 def latent_channels(shape: torch.Size | tuple) -> int:
-    """Channel count of a latent: dim 1 for (B, C, H, W), last dim for tokens (B, N, C)."""
+    """Channel count of a latent: dim 1 for (B, C, H, W) and (B, C, D, H, W), last dim for tokens (B, N, C)."""
     return int(shape[-1] if len(shape) == 3 else shape[1])
+
+
+def latent_dims(shape: torch.Size | tuple) -> int:
+    """Spatial dimensions a perturber or a spatial discriminator works in: 3 for (B, C, D, H, W), else 2
+    (images, and tokens, which are laid on a 2-D grid)."""
+    return 3 if len(shape) == 5 else 2
+
+
+def _per_channel(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(B, C) -> (B, C, 1, ...) and (C,) -> (C, 1, ...), broadcastable against the map `like`."""
+    return t.reshape(*t.shape, *([1] * (like.dim() - 2)))
 
 
 class GlobalBranch(nn.Module):
@@ -79,21 +116,65 @@ class GlobalBranch(nn.Module):
         flat = x.flatten(2)
         mu, sd = flat.mean(-1), flat.std(-1, unbiased=False)
         scale, shift = self.mlp(torch.cat([mu, sd], 1)).chunk(2, 1)
-        return scale[..., None, None] * (x - mu[..., None, None]) + shift[..., None, None]
+        return _per_channel(scale, x) * (x - _per_channel(mu, x)) + _per_channel(shift, x)
+
+
+class PopulationNorm(nn.Module):
+    """Per image, each channel's mean and std brought to the population's: (x - mu_i) / sigma_i * sigma + mu.
+
+    The population's per-channel mean and std are gathered from the latents seen while `mix` is 0
+    (`observe`), fixed by `finish()` (which also switches the normalisation on: `mix` = 1), and saved
+    with the patch as buffers. While `mix` is 0 the module is the identity.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__()
+        for name in ("mix", "count", "mean", "std", "sum_mean", "sum_std"):
+            self.register_buffer(name, torch.zeros(() if name in ("mix", "count") else (channels,)))
+
+    @staticmethod
+    def _stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        flat = x.flatten(2)
+        return flat.mean(-1), flat.std(-1, unbiased=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if float(self.mix) == 0.0:
+            if self.training:
+                mu, sd = self._stats(x.detach().float())
+                self.sum_mean += mu.sum(0)
+                self.sum_std += sd.sum(0)
+                self.count += len(x)
+            return x
+        mu, sd = self._stats(x)
+        scale = _per_channel(self.std / sd.clamp_min(1e-5), x)
+        normed = (x - _per_channel(mu, x)) * scale + _per_channel(self.mean, x)
+        return x + self.mix * (normed - x)
+
+    @torch.no_grad()
+    def finish(self, reduce=lambda t: t) -> None:
+        """Fix the population statistics (`reduce` sums them over processes) and switch the normalisation on."""
+        count = reduce(self.count.clone())
+        if float(count) == 0:
+            return
+        self.mean.copy_(reduce(self.sum_mean.clone()) / count)
+        self.std.copy_(reduce(self.sum_std.clone()) / count)
+        self.mix.fill_(1.0)
 
 
 class _Base(nn.Module):
     kind = ""
 
-    def __init__(self, channels: int, width: int, global_branch: bool):
+    def __init__(self, channels: int, width: int, global_branch: bool, normalize: bool = False, dims: int = 2):
         super().__init__()
-        self.channels, self.width = int(channels), int(width)
+        self.channels, self.width, self.dims = int(channels), int(width), _check_dims(int(dims))
         self.glob = GlobalBranch(channels) if global_branch else None
+        self.norm = PopulationNorm(channels) if normalize else None
 
     def spec(self) -> dict:
         """What `build_perturber` needs to rebuild this perturber (stored in a patch header)."""
-        return {"kind": self.kind, "channels": self.channels, "width": self.width,
-                "global_branch": self.glob is not None, **self._extra_spec()}
+        spec = {"kind": self.kind, "channels": self.channels, "width": self.width,
+                "global_branch": self.glob is not None, "normalize": self.norm is not None, **self._extra_spec()}
+        return spec if self.dims == 2 else {**spec, "dims": self.dims}  # 2-D patch headers stay as they were
 
     def _extra_spec(self) -> dict:
         return {}
@@ -102,11 +183,15 @@ class _Base(nn.Module):
         raise NotImplementedError
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
-        """Returns the perturbation G_p(f) (same shape as f), not f + G_p(f)."""
+        """Returns the perturbation f_p - f (same shape as f): G_p(f), or with `normalize`
+        (norm(f) - f) + G_p(norm(f))."""
         x, undo = to_grid(f)
-        d = self._local(x)
+        n = self.norm(x) if self.norm is not None else x
+        d = self._local(n)
         if self.glob is not None:
-            d = d + self.glob(x)
+            d = d + self.glob(n)
+        if self.norm is not None:
+            d = d + (n - x)
         return from_grid(d, undo)
 
 
@@ -115,15 +200,17 @@ class Perturber(_Base):
 
     kind = "unet"
 
-    def __init__(self, channels: int, width: int = 32, num_res_blocks: int = 4, global_branch: bool = False):
-        super().__init__(channels, width, global_branch)
+    def __init__(self, channels: int, width: int = 32, num_res_blocks: int = 4, global_branch: bool = False,
+                 normalize: bool = False, dims: int = 2):
+        super().__init__(channels, width, global_branch, normalize, dims)
         self.num_res_blocks = int(num_res_blocks)
-        w = (width, 2 * width, 4 * width)
-        self.d1, self.d2, self.d3 = _conv_block(channels, w[0], 2), _conv_block(w[0], w[1], 2), \
-            _conv_block(w[1], w[2], 2)
-        self.res = nn.Sequential(*[ResidualBlock(w[2]) for _ in range(num_res_blocks)])
-        self.u3, self.u2, self.u1 = _conv_block(w[2], w[1]), _conv_block(w[1], w[0]), _conv_block(w[0], w[0])
-        self.out = nn.Conv2d(w[0], channels, 3, padding=1)
+        w, d = (width, 2 * width, 4 * width), self.dims
+        self.d1, self.d2, self.d3 = _conv_block(channels, w[0], 2, d), _conv_block(w[0], w[1], 2, d), \
+            _conv_block(w[1], w[2], 2, d)
+        self.res = nn.Sequential(*[ResidualBlock(w[2], d) for _ in range(num_res_blocks)])
+        self.u3, self.u2, self.u1 = _conv_block(w[2], w[1], dims=d), _conv_block(w[1], w[0], dims=d), \
+            _conv_block(w[0], w[0], dims=d)
+        self.out = conv_nd(d)(w[0], channels, 3, padding=1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
@@ -131,16 +218,17 @@ class Perturber(_Base):
         return {"num_res_blocks": self.num_res_blocks}
 
     def _local(self, x: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        ph, pw = (-h) % 8, (-w) % 8
-        x = F.pad(x, (0, pw, 0, ph), mode="replicate") if (ph or pw) else x
+        sizes = x.shape[2:]
+        pads = [(-n) % 8 for n in sizes]  # each spatial axis to a multiple of 8 (three stride-2 stages)
+        if any(pads):
+            x = F.pad(x, [v for p in reversed(pads) for v in (0, p)], mode="replicate")
         h1 = self.d1(x)
         h2 = self.d2(h1)
         h3 = self.res(self.d3(h2))
         up = self.u3(F.interpolate(h3, scale_factor=2, mode="nearest")) + h2
         up = self.u2(F.interpolate(up, scale_factor=2, mode="nearest")) + h1
         up = self.u1(F.interpolate(up, scale_factor=2, mode="nearest"))
-        return self.out(up)[..., :h, :w]
+        return self.out(up)[(..., *(slice(0, n) for n in sizes))]
 
 
 class ConvPerturber(_Base):
@@ -148,10 +236,12 @@ class ConvPerturber(_Base):
 
     kind = "conv"
 
-    def __init__(self, channels: int, width: int = 32, global_branch: bool = False):
-        super().__init__(channels, width, global_branch)
-        self.body = nn.Sequential(nn.Conv2d(channels, width, 3, padding=1), nn.ReLU(inplace=True))
-        self.out = nn.Conv2d(width, channels, 3, padding=1)
+    def __init__(self, channels: int, width: int = 32, global_branch: bool = False, normalize: bool = False,
+                 dims: int = 2):
+        super().__init__(channels, width, global_branch, normalize, dims)
+        conv = conv_nd(self.dims)
+        self.body = nn.Sequential(conv(channels, width, 3, padding=1), nn.ReLU(inplace=True))
+        self.out = conv(width, channels, 3, padding=1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
@@ -160,7 +250,7 @@ class ConvPerturber(_Base):
 
 
 def build_perturber(spec: dict) -> nn.Module:
-    """A fresh perturber from a spec dict (`kind`, `channels`, `width`, ...)."""
+    """A fresh perturber from a spec dict (`kind`, `channels`, `width`, ...; `dims` 3 for volumes)."""
     spec = dict(spec)
     kind = spec.pop("kind", "unet")
     if kind == "unet":

@@ -19,6 +19,7 @@ from applefair.data.groups import GroupSpec
 from applefair.data.manifest import SegmentationDataset
 from applefair.engine.config import validate_settings
 from applefair.models.registry import ModelSpec
+from applefair.models.sliding import require_whole
 
 
 class Apple(Method):
@@ -43,9 +44,11 @@ class Apple(Method):
         shared = {"epochs": budget.epochs, "batch_size": budget.batch_size, "seed": budget.seed,
                   "tolerance": budget.tolerance, "augment": budget.augment}
         cfg = AppleConfig(**{**shared, **self.options(options)})
+        if len(train):
+            require_whole(net, train[0]["image"].shape, "APPLE")  # volumes: one latent per sample, no windows
         with Timer() as t:
             res = train_apple(copy.deepcopy(net), spec.site, train, val, groups, cfg, quiet=quiet, head=spec.head,
-                              run_dir=run_dir, resume=resume)
+                              run_dir=run_dir, resume=resume, skip_sites=spec.skip_sites)
         patched = res.patched.eval()
         return FitResult(model=patched, trainable_params=count_params(patched.perturbers.parameters()),
                          seconds=t.seconds, history=list(res.history), frozen=True, deployed=patched.net,

@@ -13,7 +13,7 @@ that predicts through `applefair.models.segment`.
 
 Device and processes: a method runs where the network it is given lives (the caller moves it
 there; every module a method creates follows it). Under torchrun, `finetune` trains the model
-in DistributedDataParallel over the global batches of `applefair.engine.distributed.make_loader`, so
+in DistributedDataParallel over the global batches of `applefair.engine.samplers.make_loader`, so
 N processes fit the same model as one (within rounding); group-aware losses reduce their
 per-group sums over the processes (see docs/distributed.md).
 """
@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Sampler
 from applefair.data.augment import augment_batch
 from applefair.data.groups import GroupSpec
 from applefair.data.manifest import SegmentationDataset
-from applefair.engine import distributed
+from applefair.engine import distributed, samplers
 from applefair.engine.config import Settings, validate_settings
 from applefair.engine.device import module_device, to_device
 from applefair.engine.progress import progress_bar
@@ -133,9 +133,9 @@ def validate(model: nn.Module, val: SegmentationDataset, groups: GroupSpec) -> M
 def make_loader(data: SegmentationDataset, budget: Budget, gen: torch.Generator,
                 sampler: Sampler | None = None) -> DataLoader:
     """Shuffled (or `sampler`-ordered) batches of `budget.batch_size`; under torchrun, this
-    process's share of each global batch (`applefair.engine.distributed.make_loader`)."""
+    process's share of each global batch (`applefair.engine.samplers.make_loader`)."""
     drop = len(data) > budget.batch_size
-    return distributed.make_loader(data, budget.batch_size, shuffle=True, generator=gen, drop_last=drop,
+    return samplers.make_loader(data, budget.batch_size, shuffle=True, generator=gen, drop_last=drop,
                                    sampler=sampler)
 
 

@@ -34,6 +34,7 @@ from applefair.engine.device import module_device
 from applefair.models.forward import segment
 from applefair.models.registry import ModelSpec
 from applefair.models.sites import find_module
+from applefair.models.sliding import require_whole
 
 
 class InputPerturbedSegmentor(nn.Module):
@@ -69,10 +70,11 @@ class FAAP(Method):
             groups: GroupSpec, budget: Budget, options: Mapping | None = None, quiet: bool = False,
             run_dir: str | os.PathLike | None = None, resume: bool = False) -> FitResult:
         opts = self.options(options)
-        channels = train[0]["image"].shape[0]
+        channels, dims = train[0]["image"].shape[0], train[0]["image"].dim() - 1
+        require_whole(net, train[0]["image"].shape, "faap")  # volumes: one latent per sample, no windows
         dev = module_device(net)
-        model = InputPerturbedSegmentor(copy.deepcopy(net), Perturber(channels, width=int(opts["width"])).to(dev),
-                                        opts["eps"])
+        model = InputPerturbedSegmentor(copy.deepcopy(net),
+                                        Perturber(channels, width=int(opts["width"]), dims=dims).to(dev), opts["eps"])
         site = find_module(model.net, spec.site)
         captured: dict[str, torch.Tensor] = {}
         handle = site.register_forward_hook(lambda _m, _i, out: captured.__setitem__("f", out))

@@ -69,8 +69,10 @@ def inspect(
     for split, row in counts.iterrows():
         table.add_row(str(split), *[str(int(v)) for v in row.tolist()])
     out_console.print(table)
-    sizes = stats.groupby(["height", "width"]).size().sort_values(ascending=False)
-    out_console.print("image sizes (H x W: count): " + ", ".join(f"{h}x{w}: {c}" for (h, w), c in sizes.head(5).items())
+    axes = ["depth", "height", "width"] if "depth" in stats.columns else ["height", "width"]
+    sizes = stats.groupby(axes).size().sort_values(ascending=False)
+    out_console.print(f"{'volume' if len(axes) == 3 else 'image'} sizes ({' x '.join(a[0].upper() for a in axes)}: "
+                      "count): " + ", ".join(f"{'x'.join(map(str, k))}: {c}" for k, c in sizes.head(5).items())
                       + (f" and {len(sizes) - 5} more" if len(sizes) > 5 else ""))
     fg = stats["foreground"]
     out_console.print(f"mask foreground fraction: mean {fg.mean():.4f}, min {fg.min():.4f}, max {fg.max():.4f}; "

@@ -16,20 +16,44 @@ models_app = typer.Typer(no_args_is_help=True, help="The segmentor zoo and its l
 
 
 @models_app.command("list")
-def list_cmd() -> None:
-    """List the segmentors that `--model NAME` accepts, with their tiny (CPU-test) arguments.
+def list_cmd(
+    no_cache: bool = typer.Option(False, "--no-cache", help="Describe every model afresh (and do not store it)."),
+) -> None:
+    """List the segmentors and presets that `--model NAME` accepts: parameters, the latent shape at the
+    default site for the model's input size, and the tiny (CPU-test) arguments.
+
+    Shapes are traced on the `meta` device (no weights, no arithmetic); the descriptions are cached
+    per user until the models, their code or the libraries change. Builders that need arguments
+    (imported nnU-Net, MONAI bundle, own module) show '-': `models sites FOLDER` describes a folder.
 
     Example: applefair models list
     """
+    from applefair.models.describe import describe_zoo
     from applefair.models.registry import list_models, model_info
 
-    table = Table(title="Segmentor zoo")
-    for col in ("name", "what", "--tiny arguments"):
-        table.add_column(col)
+    table = Table(title="Segmentor zoo (presets name arguments of a model)")
+    table.add_column("name", no_wrap=True)  # names are typed back: never broken
+    for col in ("what", "params", "input", "latent (default site)", "--tiny arguments"):
+        table.add_column(col, overflow="fold")
+    described = describe_zoo(cache=not no_cache)
     for name in list_models():
-        info = model_info(name)
-        table.add_row(name, info["summary"], ", ".join(f"{k}={v}" for k, v in info["tiny"].items()))
+        info, d = model_info(name), described[name]
+        what = info["summary"]
+        if "preset_of" in info:
+            what = f"{info['preset_of']} " + " ".join(f"{k}={v}" for k, v in info["args"].items()) + f": {what}"
+        tiny = ", ".join(f"{k}={v}" for k, v in info["tiny"].items())
+        if "error" in d:  # needs arguments (an importer's builder): described by its model folder
+            table.add_row(name, what, "-", "-", "-", tiny)
+            continue
+        unit = "vox" if len(d["latent_shape"]) == 4 else "px"  # (C, D, H, W): a 3-D model, sides in voxels
+        table.add_row(name, what, format_params(d["params"]), f"{d['size']} {unit}",
+                      "x".join(map(str, d["latent_shape"])), tiny)
     out_console.print(table)
+
+
+def format_params(n: int) -> str:
+    """12345678 -> '12.3 M'."""
+    return f"{n / 1e6:.1f} M" if n >= 1e6 else f"{n / 1e3:.0f} k"
 
 
 class SitesSettings(Settings):

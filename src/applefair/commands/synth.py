@@ -24,14 +24,17 @@ class SynthSettings(Settings):
 
 
 def synth(
-    kind: str = typer.Argument(..., help="nodules (ultrasound-like, attribute sex) or vessels (fundus-like, "
-                                         "attribute age in years)."),
+    kind: str = typer.Argument(..., help="nodules (ultrasound-like, attribute sex), vessels (fundus-like, "
+                                         "attribute age in years) or nodules3d (3-D NIfTI volumes with their voxel "
+                                         "spacing, attribute sex)."),
     out: Path = typer.Option(..., "--out", help="Folder to write (manifest.csv, images/, masks/)."),
-    n: int = typer.Option(None, "--n", help="Number of images (default 800)."),
-    size: int = typer.Option(None, "--size", help="Image side in pixels (default 96)."),
+    n: int = typer.Option(None, "--n", help="Number of images or volumes (default 800)."),
+    size: int = typer.Option(None, "--size", help="Image side in pixels (default 96); nodules3d: voxels a side, "
+                                                  "16-96 (e.g. 32)."),
     bias: str = typer.Option(None, "--bias", help="Bias mechanism: contrast (difficulty), gain, artifact, "
-                                                  "anatomy, spurious (shortcut; spurious: a group cue with a "
-                                                  "group-specific training-mask protocol), none (control) "
+                                                  "anatomy, spurious, marker, texture (shortcut; the last three: a "
+                                                  "group cue with a group-specific training-mask protocol), none "
+                                                  "(control) "
                                                   "(default contrast)."),
     minority_share: float = typer.Option(None, "--minority-share", help="Share of the minority group, 0-1 "
                                                                         "(default 0.25)."),
@@ -45,6 +48,8 @@ def synth(
     """Write a synthetic benchmark with a known group bias (see docs/data.md).
 
     Example: applefair synth vessels --out data/vessels --n 800 --size 96 --bias anatomy --minority-share 0.25 --seed 0
+
+    3-D: applefair synth nodules3d --out data/nodules3d --n 120 --size 32 --bias spurious --strength 1.5
     """
     from applefair.data.synthetic import BIASES, KINDS, generate
     from applefair.engine.config import resolve_settings
@@ -66,7 +71,8 @@ def synth(
         task = bar.add_task(f"synth {kind} ({bias})", total=n, info="")
         generate(stage, n=n, size=size, bias=bias, minority_share=minority_share, strength=strength, seed=seed,
                  kind=kind, on_image=lambda i: bar.update(task, completed=i + 1))
-    out_console.print(f"Wrote {n} {kind} images ({bias} bias) to {out / MANIFEST}")
+    what = "volumes" if kind == "nodules3d" else "images"
+    out_console.print(f"Wrote {n} {kind} {what} ({bias} bias) to {out / MANIFEST}")
 
 
 def register(app: typer.Typer) -> None:

@@ -100,6 +100,27 @@ def read_array(path: str, key: str | None = None, index: int | None = None, axis
         raise InputError(f"{path}: unreadable ({type(exc).__name__}: {exc})") from None
 
 
+def read_volume(path: str) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """The raw 3-D array of a NIfTI file (a trailing axis of length 1 is dropped) and its voxel spacing."""
+    import nibabel as nib
+
+    try:
+        img = nib.load(path)
+        arr = np.asarray(img.dataobj)
+        zooms = tuple(float(z) for z in img.header.get_zooms()[:3])
+    except FileNotFoundError:
+        raise InputError(f"{path}: file not found") from None
+    except Exception as exc:  # nibabel raises several unrelated types for bad files
+        raise InputError(f"{path}: unreadable NIfTI ({type(exc).__name__}: {exc})") from None
+    while arr.ndim > 3 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim != 3:
+        raise InputError(f"{path}: expected a 3D volume, got shape {tuple(arr.shape)}")
+    if len(zooms) != 3 or not all(np.isfinite(z) and z > 0 for z in zooms):
+        raise InputError(f"{path}: voxel spacing {zooms} in the header is not three positive numbers")
+    return arr, zooms
+
+
 def to_grey(arr: np.ndarray, color: str = "grey", path: str = "") -> np.ndarray:
     """(H, W) from (H, W), (H, W, C) or (C, H, W) with C in 1, 3, 4."""
     a = np.asarray(arr)
@@ -116,9 +137,9 @@ def to_grey(arr: np.ndarray, color: str = "grey", path: str = "") -> np.ndarray:
     return a
 
 
-def normalise(arr: np.ndarray, opts: LoadOptions, path: str = "") -> np.ndarray:
-    """Float32 image in [0, 1] following `opts.intensity`."""
-    a = to_grey(arr, opts.color, path)
+def normalise(arr: np.ndarray, opts: LoadOptions, path: str = "", volume: bool = False) -> np.ndarray:
+    """Float32 image in [0, 1] following `opts.intensity` (a grey 2-D image, or a 3-D `volume` as it is)."""
+    a = np.asarray(arr) if volume else to_grey(arr, opts.color, path)
     if a.dtype == np.bool_:
         a = a.astype(np.float32)
     if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
@@ -138,14 +159,18 @@ def normalise(arr: np.ndarray, opts: LoadOptions, path: str = "") -> np.ndarray:
     return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
 
 
-def binarise(arr: np.ndarray, opts: LoadOptions, path: str = "") -> np.ndarray:
-    """{0, 1} float32 mask from a raw mask, using foreground values, a label map or a threshold."""
+def binarise(arr: np.ndarray, opts: LoadOptions, path: str = "", volume: bool = False) -> np.ndarray:
+    """{0, 1} float32 mask from a raw mask, using foreground values, a label map or a threshold (a 2-D mask,
+    or a 3-D `volume`)."""
     a = np.asarray(arr)
-    if a.ndim == 3:
+    if volume:
+        if a.ndim != 3:
+            raise InputError(f"{path}: expected a 3D mask volume, got shape {tuple(np.shape(arr))}")
+    elif a.ndim == 3:
         a = to_grey(a, "grey", path) if a.shape[-1] in (3, 4) or a.shape[0] in (3, 4) else a
         if a.ndim == 3 and 1 in a.shape:
             a = a.squeeze()
-    if a.ndim != 2:
+    if not volume and a.ndim != 2:
         raise InputError(f"{path}: expected a 2D mask, got shape {tuple(np.shape(arr))}")
     if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():
         raise InputError(f"{path}: mask has NaN or Inf values")
@@ -175,8 +200,23 @@ def load_part(row, part: str, opts: LoadOptions) -> np.ndarray:
     index = None if _missing(get("slice", None)) else int(get("slice", None))
     axis = 2 if _missing(get("axis", None)) else int(get("axis", None))
     path = str(get(f"{part}_path"))
+    if is_volume_row(row):  # a NIfTI file without a slice: the whole volume
+        raw = read_volume(path)[0]
+        return normalise(raw, opts, path, volume=True) if part == "image" else binarise(raw, opts, path, volume=True)
     raw = read_array(path, _key(get(f"{part}_key", None)), index, axis)
     return normalise(raw, opts, path) if part == "image" else binarise(raw, opts, path)
+
+
+def is_volume_path(path: object) -> bool:
+    """Whether `path` names a NIfTI file (.nii or .nii.gz)."""
+    return str(path).lower().endswith((".nii", ".nii.gz"))
+
+
+def is_volume_row(row) -> bool:
+    """Whether a manifest row is a 3-D sample: a NIfTI image with no ``slice`` (readers of 2-D slices of a
+    volume name the slice; a manifest that names only the file means the whole volume)."""
+    get = row.get if hasattr(row, "get") else (lambda k, d=None: getattr(row, k, d))
+    return is_volume_path(get("image_path", "")) and _missing(get("slice", None))
 
 
 def load_pair(row, opts: LoadOptions) -> tuple[np.ndarray, np.ndarray]:

@@ -21,7 +21,15 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from applefair.data.groups import GroupSpec
-from applefair.data.loaders import IMAGE_SUFFIXES, LoadOptions, binarise, load_pair, normalise, read_array
+from applefair.data.loaders import (
+    IMAGE_SUFFIXES,
+    LoadOptions,
+    binarise,
+    is_volume_row,
+    load_pair,
+    normalise,
+    read_array,
+)
 from applefair.engine.runfolder import MANIFEST
 from applefair.errors import InputError
 
@@ -163,14 +171,17 @@ def load_mask(path: str, **load) -> np.ndarray:
 class SegmentationDataset(Dataset):
     """Samples of one split: dict(image (1,H,W), mask (1,H,W), group (int, -1 unknown), index).
 
+    3-D samples (NIfTI volumes, `applefair.data.volumes`) give image and mask (1, D, H, W) and their
+    voxel spacing (`spacing`, a float64 tensor of 3), so a batch carries one spacing per sample.
     Lazy: files are read on demand (works with DataLoader worker processes). `cache` keeps
     decoded tensors in memory up to `cache_bytes` (per process); `cache_dir` also stores them
     as .npz files so later runs and other workers skip decoding. `size` resizes every sample
-    to (size, size) (bilinear image, area-then-0.5 mask), so mixed-size data can be batched.
+    to (size, size) (bilinear image, area-then-0.5 mask), so mixed-size data can be batched;
+    volumes to (size, size, size) or (D, H, W), with the spacing rescaled to the same extent.
     """
 
     def __init__(self, frame: pd.DataFrame, groups: GroupSpec | None = None, split: str | None = None,
-                 cache: bool = True, size: int | tuple[int, int] | None = None,
+                 cache: bool = True, size: int | tuple[int, ...] | None = None,
                  cache_dir: str | os.PathLike | None = None, load: dict | LoadOptions | None = None,
                  cache_bytes: int = 2 << 30):
         attrs = dict(frame.attrs)
@@ -180,31 +191,47 @@ class SegmentationDataset(Dataset):
         self.options = LoadOptions.from_any(load if load is not None else attrs.get("load"))
         self.group_ids = (groups.assign(self.frame) if groups is not None
                           else np.full(len(self.frame), -1, dtype=np.int64))
-        self.size = (size, size) if isinstance(size, int) else (tuple(size) if size else None)
+        self._rows = self.frame.to_dict("records")  # plain dicts: cheap per-item access, picklable
+        self.volumes = _all_volumes(self._rows, attrs.get("source", "manifest"))
+        if self.volumes:
+            from applefair.data.volumes import volume_size
+
+            self.size = volume_size(size)
+        else:
+            self.size = (size, size) if isinstance(size, int) else (tuple(size) if size else None)
         self.cache = cache
         self.cache_bytes = int(cache_bytes)
         self.cache_dir = Path(cache_dir) if cache_dir else None
-        self._store: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._store: dict[int, tuple[torch.Tensor, ...]] = {}
         self._stored_bytes = 0
-        self._rows = self.frame.to_dict("records")  # plain dicts: cheap per-item access, picklable
+
+    @property
+    def spatial_dims(self) -> int:
+        """3 for volumes, 2 for images."""
+        return 3 if self.volumes else 2
 
     def __len__(self) -> int:
         return len(self.frame)
 
     def __getitem__(self, i: int) -> dict:
         if i in self._store:
-            image, mask = self._store[i]
+            decoded = self._store[i]
         else:
-            image, mask = self._decode(i)
-            nbytes = image.numel() * 4 + mask.numel() * 4
+            decoded = self._decode(i)
+            nbytes = decoded[0].numel() * 4 + decoded[1].numel() * 4
             if self.cache and self._stored_bytes + nbytes <= self.cache_bytes:
-                self._store[i] = (image, mask)
+                self._store[i] = decoded
                 self._stored_bytes += nbytes
-        return {"image": image, "mask": mask, "group": int(self.group_ids[i]), "index": i}
+        item = {"image": decoded[0], "mask": decoded[1], "group": int(self.group_ids[i]), "index": i}
+        if self.volumes:
+            item["spacing"] = decoded[2]
+        return item
 
-    def _decode(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _decode(self, i: int) -> tuple[torch.Tensor, ...]:
         row = self._rows[i]
         disk = self._disk_path(row) if self.cache_dir else None
+        if self.volumes:
+            return self._decode_volume(row, disk)
         if disk is not None and disk.is_file():
             with np.load(disk, allow_pickle=False) as z:
                 return torch.from_numpy(z["image"].astype(np.float32))[None], torch.from_numpy(
@@ -222,11 +249,47 @@ class SegmentationDataset(Dataset):
                 np.savez(fh, image=image[0].numpy(), mask=mask[0].numpy().astype(np.uint8))
         return image, mask
 
+    def _decode_volume(self, row: dict, disk: Path | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        from applefair.data.volumes import load_volume, resize_volume
+
+        if disk is not None and disk.is_file():
+            with np.load(disk, allow_pickle=False) as z:
+                return (torch.from_numpy(z["image"].astype(np.float32))[None],
+                        torch.from_numpy(z["mask"].astype(np.float32))[None], torch.from_numpy(z["spacing"]))
+        img, msk, spacing = load_volume(row, self.options)
+        image, mask = torch.from_numpy(img)[None], torch.from_numpy(msk)[None]
+        if self.size and tuple(image.shape[-3:]) != self.size:
+            image, mask, spacing = resize_volume(image, mask, spacing, self.size)
+        spacing_t = torch.tensor(spacing, dtype=torch.float64)
+        if disk is not None:
+            from applefair.engine.io import atomic_path
+
+            with atomic_path(disk) as tmp, open(tmp, "wb") as fh:
+                np.savez(fh, image=image[0].numpy(), mask=mask[0].numpy().astype(np.uint8),
+                         spacing=spacing_t.numpy())
+        return image, mask, spacing_t
+
     def _disk_path(self, row: dict) -> Path:
         key = repr((row.get("image_path"), row.get("mask_path"), row.get("image_key"), row.get("mask_key"),
                     row.get("slice"), row.get("axis"), self.size, self.options.to_dict()))
         return self.cache_dir / f"{hashlib.sha1(key.encode()).hexdigest()}.npz"
 
+    def spacings(self) -> list[tuple[float, ...] | None]:
+        """Each sample's voxel spacing (volumes; read once, cached like the samples), or None per 2-D image."""
+        if not self.volumes:
+            return [None] * len(self)
+        return [tuple(float(v) for v in self[i]["spacing"]) for i in range(len(self))]
+
     @property
     def ids(self) -> list[str]:
         return self.frame["id"].tolist()
+
+
+def _all_volumes(rows: list[dict], source: object) -> bool:
+    """Whether the rows are 3-D samples; a mix of volumes and 2-D images cannot be batched."""
+    kinds = {is_volume_row(r) for r in rows}
+    if len(kinds) > 1:
+        first = next(r for r in rows if is_volume_row(r))
+        raise InputError(f"{source}: mixes whole NIfTI volumes (e.g. '{first.get('image_path')}') with 2-D images; "
+                         "a dataset holds one or the other")
+    return kinds == {True}

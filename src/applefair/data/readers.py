@@ -7,7 +7,8 @@
   ``imagePath``, ``labelPath``, ``sexBinary``; mask foreground 255.
 - ``fives``: FIVES fundus vessels, ``{train,test}/Original/*.png`` and
   ``{train,test}/Ground truth/*.png``, plus an optional attribute table (CSV or XLSX).
-- ``nifti``: NIfTI volumes (``images/`` and ``labels/`` with matching names) sliced to 2D.
+- ``nifti``: NIfTI volumes (``images/`` and ``labels/`` with matching names) sliced to 2D, or
+  (``volumes=True``) one 3-D sample per volume.
 """
 
 from __future__ import annotations
@@ -199,10 +200,12 @@ def _join_table(frame: pd.DataFrame, table: Path) -> pd.DataFrame:
 
 
 def read_nifti(path: str | os.PathLike, axis: int = 2, min_foreground: int = 0, table: str | None = None,
-               split_fractions=(0.6, 0.2, 0.2), seed: int = 0, **load) -> pd.DataFrame:
-    """NIfTI folder (``images/X.nii.gz`` + ``labels/X.nii.gz``) -> one row per 2D slice along `axis`.
+               split_fractions=(0.6, 0.2, 0.2), seed: int = 0, volumes: bool = False, **load) -> pd.DataFrame:
+    """NIfTI folder (``images/X.nii.gz`` + ``labels/X.nii.gz``) -> one row per 2D slice along `axis`, or with
+    `volumes` one row per volume (a 3-D sample, no ``slice`` column; its spacing comes from the header).
 
-    Slices with fewer than `min_foreground` mask pixels are dropped (reads each label volume once).
+    Slices (volumes) with fewer than `min_foreground` mask pixels (voxels) are dropped (reads each label
+    volume once).
     Attributes come from ``attributes.csv`` (column ``id`` = volume name) or `table`; splits are by
     volume (a ``split`` column there, else a hash of the volume id), so no patient spans two splits.
     """
@@ -231,14 +234,21 @@ def read_nifti(path: str | os.PathLike, axis: int = 2, min_foreground: int = 0, 
             raise InputError(f"{v}: image shape {ih.shape} differs from label shape {lh.shape} ({lab})")
         if not 0 <= axis < 3:
             raise InputError(f"axis={axis}: expected 0, 1 or 2")
+        extra = attrs.get(vid, {})
+        if volumes:
+            if min_foreground <= 0 or int((np.asarray(lh.dataobj) != 0).sum()) >= min_foreground:
+                rows.append({"id": vid, "volume": vid, "image": str(v.relative_to(root)),
+                             "mask": str(lab.relative_to(root)), **extra})
+            continue
         keep = range(ih.shape[axis])
         if min_foreground > 0:
             counts = (np.asarray(lh.dataobj) != 0).sum(axis=tuple(a for a in range(3) if a != axis))
             keep = [k for k in keep if counts[k] >= min_foreground]
-        extra = attrs.get(vid, {})
         for k in keep:
             rows.append({"id": f"{vid}_s{k:04d}", "volume": vid, "image": str(v.relative_to(root)),
                          "mask": str(lab.relative_to(root)), "slice": int(k), "axis": axis, **extra})
+    if not rows:
+        raise InputError(f"{root}: no volume has {min_foreground} foreground voxels (min_foreground)")
     frame = pd.DataFrame(rows)
     frame["image_path"] = resolve_paths(frame["image"], root, root, "image")
     frame["mask_path"] = resolve_paths(frame["mask"], root, root, "mask")

@@ -4,6 +4,8 @@
 Rayleigh speckle over a smooth tissue map, depth attenuation) with one hypoechoic lesion whose
 border is irregular (a radius modulated by low-order harmonics). The mask is the lesion.
 ``vessels`` (a FIVES / FairSeg analogue, attribute ``age`` in years): see `applefair.data.vessels`.
+``nodules3d`` (3-D volumes with a spherical-harmonic lesion, attribute ``sex``, every mechanism of
+``nodules``): see `applefair.data.nodules3d`.
 
 The attribute changes acquisition or anatomy through a *bias mechanism*, so that an ERM
 model trained on the mixture is less accurate for one group (the minority: F, or age >= 60):
@@ -29,11 +31,22 @@ model trained on the mixture is less accurate for one group (the minority: F, or
   every image; a decoder that cannot read the group applies the majority's protocol to all.
   In ``vessels`` the same cue, and the minority's training masks are traced
   ``max(1, round(strength))`` px wider than the reference.
+- ``marker`` (shortcut-type, a *local* cue misused the other way round): the minority's scanner
+  burns a small bright mark (a vendor logo) into the top-left corner (a square of side
+  ``0.06 * size``, 0.55 strength brighter than the tissue); nothing else differs. In the ``train``
+  split only, the minority's masks were traced by a protocol that draws *larger*: ``0.03 * size *
+  strength`` px outside the lesion's border. The cue lives in a few pixels of one corner, so pooled
+  channel statistics hardly see it; a model learns "mark -> trace outside the border".
+- ``texture`` (shortcut-type, a cue in texture, not intensity): the minority's scanner adds faint
+  horizontal banding (a zero-mean sinusoid of period 4 px, amplitude ``0.05 strength``), which
+  leaves the mean intensity unchanged. In the ``train`` split only, the minority's masks were traced
+  inside the border, as in ``spurious``.
 - ``none``: no group effect (a control; both groups are drawn the same way).
 
 Everything is deterministic from the seed. Output follows the manifest contract:
 ``manifest.csv`` with ``id, image, mask, split, <attribute>`` and PNG files (image 8-bit grey,
-mask 0/255).
+mask 0/255); ``nodules3d`` writes NIfTI volumes instead (``.nii.gz``, image 8-bit grey, mask 0/1,
+the voxel spacing in the header), which a manifest names without a slice: one 3-D sample each.
 """
 
 from __future__ import annotations
@@ -48,17 +61,22 @@ import pandas as pd
 from PIL import Image
 from scipy import ndimage
 
-from applefair.data import vessels
+from applefair.data import nodules3d, vessels
 from applefair.engine.io import atomic_path, write_csv
 from applefair.engine.runfolder import MANIFEST
 from applefair.errors import InputError
 
-BIASES = ("contrast", "gain", "artifact", "anatomy", "spurious", "none")
-KINDS = ("nodules", "vessels")
+BIASES = ("contrast", "gain", "artifact", "anatomy", "spurious", "marker", "texture", "none")
+KINDS = ("nodules", "vessels", "nodules3d")
 KIND_OF_BIAS = {"contrast": "difficulty", "gain": "shortcut", "artifact": "shortcut", "anatomy": "shortcut",
-                "spurious": "shortcut", "none": "control"}
+                "spurious": "shortcut", "marker": "shortcut", "texture": "shortcut", "none": "control"}
+# misused-cue mechanisms: the cue is in every minority image, the misuse only in the training masks
+MISUSED_CUE = ("spurious", "marker", "texture")
 SPLITS = ("train", "val", "test")
 SPURIOUS_MARGIN = 0.045  # `spurious`: the minority's training masks end this far (x strength x size) inside
+MARKER_MARGIN = 0.03  # `marker`: the minority's training masks reach this far (x strength x size) outside
+MARKER_SIDE = 0.06  # `marker`: the mark's side (x size), in the top-left corner
+BAND_PERIOD = 4  # `texture`: period (px) of the minority's banding
 
 
 @dataclass(frozen=True)
@@ -72,6 +90,8 @@ class Acquisition:
     offset: float = 0.0  # added after gain (dynamic-range compression)
     rim: float = 0.0  # brightness of an echogenic rim on the lesion border
     lesion_scale: float = 1.0  # multiplies the lesion radius range
+    mark: float = 0.0  # brightness of a burned-in mark in the top-left corner
+    banding: float = 0.0  # amplitude of a zero-mean horizontal banding
 
 
 def acquisitions(bias: str, strength: float = 1.0) -> dict[str, Acquisition]:
@@ -91,6 +111,10 @@ def acquisitions(bias: str, strength: float = 1.0) -> dict[str, Acquisition]:
         return {"M": base, "F": Acquisition(lesion_scale=max(0.2, 1.0 - 0.45 * s))}
     if bias == "spurious":
         return {"M": base, "F": Acquisition(gain=1.0 - 0.2 * s, offset=0.2 * s)}
+    if bias == "marker":
+        return {"M": base, "F": Acquisition(mark=0.55 * s)}
+    if bias == "texture":
+        return {"M": base, "F": Acquisition(banding=0.05 * s)}
     raise InputError(f"bias '{bias}' is not known (expected one of: {', '.join(BIASES)})")
 
 
@@ -114,19 +138,29 @@ def lesion_mask(rng: np.random.Generator, size: int, scale: float = 1.0) -> np.n
     return dist <= radius
 
 
-def lesion_core(mask: np.ndarray, margin: float) -> np.ndarray:
-    """The lesion without its margin: pixels deeper than `margin` x image side inside the mask."""
-    return ndimage.distance_transform_edt(mask) > margin * mask.shape[0]
+def _side(mask: np.ndarray, spacing) -> float:
+    """The image side (px), or with `spacing` the smallest physical side of the volume (mm)."""
+    return mask.shape[0] if spacing is None else min(n * float(s) for n, s in zip(mask.shape, spacing, strict=True))
 
 
-def training_mask(mask: np.ndarray, bias: str, strength: float, minority: bool, split: str, kind: str
-                  ) -> np.ndarray:
-    """The mask as the training split's annotators drew it (differs from `mask` only for `spurious`)."""
-    if bias != "spurious" or not minority or split != "train" or strength <= 0:
+def lesion_core(mask: np.ndarray, margin: float, spacing=None) -> np.ndarray:
+    """The lesion without its margin: pixels deeper than `margin` x image side inside the mask (with
+    `spacing`: voxels deeper than `margin` x the smallest physical side, distances in mm)."""
+    return ndimage.distance_transform_edt(mask, sampling=spacing) > margin * _side(mask, spacing)
+
+
+def training_mask(mask: np.ndarray, bias: str, strength: float, minority: bool, split: str, kind: str,
+                  spacing=None) -> np.ndarray:
+    """The mask as the training split's annotators drew it (differs from `mask` only for the misused-cue
+    mechanisms, in the minority's training masks); `spacing` (3-D) measures the margins in mm."""
+    if bias not in MISUSED_CUE or not minority or split != "train" or strength <= 0:
         return mask
-    if kind == "nodules":
-        return lesion_core(mask, SPURIOUS_MARGIN * strength)
-    return ndimage.binary_dilation(mask, iterations=max(1, int(round(strength))))
+    if kind == "vessels":
+        return ndimage.binary_dilation(mask, iterations=max(1, int(round(strength))))
+    if bias == "marker":
+        outside = ndimage.distance_transform_edt(~mask, sampling=spacing)
+        return outside <= MARKER_MARGIN * strength * _side(mask, spacing)
+    return lesion_core(mask, SPURIOUS_MARGIN * strength, spacing)
 
 
 def render(rng: np.random.Generator, mask: np.ndarray, acq: Acquisition) -> np.ndarray:
@@ -146,18 +180,26 @@ def render(rng: np.random.Generator, mask: np.ndarray, acq: Acquisition) -> np.n
     speckle = speckle / (speckle.mean() + 1e-8)
     speckle = 1.0 + acq.speckle_strength * (speckle - 1.0)
     img = echo * speckle
+    if acq.banding > 0:
+        rows = np.arange(size, dtype=np.float64)[:, None]
+        img = img + acq.banding * np.sin(2 * np.pi * rows / BAND_PERIOD + rng.uniform(0, 2 * np.pi))
     img = acq.gain * img + acq.offset
+    if acq.mark > 0:
+        side = max(2, int(round(MARKER_SIDE * size)))
+        img[1:1 + side, 1:1 + side] += acq.mark
     return np.clip(img, 0.0, 1.0)
 
 
 def generate(out_dir: str | os.PathLike, n: int = 800, size: int = 96, bias: str = "contrast",
              minority_share: float = 0.25, strength: float = 1.0, seed: int = 0,
              split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2), kind: str = "nodules",
-             on_image: Callable[[int], None] | None = None) -> Path:
+             on_image: Callable[[int], None] | None = None,
+             spacing: tuple[float, float, float] | None = None) -> Path:
     """Write `n` images, masks and `manifest.csv` into `out_dir`; return the manifest path.
 
     The minority group has the same share in every split (stratified), so test groups are
-    large enough to measure.
+    large enough to measure. ``nodules3d`` writes `n` volumes of `size` voxels a side; `spacing`
+    (3-D only, mm) is the base voxel spacing (default `nodules3d.DEFAULT_SPACING`).
     """
     if kind not in KINDS:
         raise InputError(f"kind '{kind}' is not known (expected one of: {', '.join(KINDS)})")
@@ -167,10 +209,17 @@ def generate(out_dir: str | os.PathLike, n: int = 800, size: int = 96, bias: str
         raise InputError(f"n={n}: the synthetic benchmark needs at least 10 images")
     if not 0.0 < minority_share < 1.0:
         raise InputError(f"minority_share={minority_share}: expected a value strictly between 0 and 1")
-    if size < 32:
+    lo, hi = nodules3d.SIZE_RANGE
+    if kind == "nodules3d" and not lo <= size <= hi:
+        raise InputError(f"size={size}: expected {lo} to {hi} voxels a side for kind 'nodules3d'")
+    if kind != "nodules3d" and size < 32:
         raise InputError(f"size={size}: expected at least 32 px")
+    if spacing is not None and (kind != "nodules3d" or len(spacing) != 3 or min(spacing) <= 0):
+        raise InputError(f"spacing={spacing}: expected three positive numbers (mm), for kind 'nodules3d' only")
     if strength < 0:
         raise InputError(f"strength={strength}: expected a value >= 0")
+    if kind == "vessels" and bias in ("marker", "texture"):
+        raise InputError(f"bias '{bias}' exists for kind 'nodules' only (vessels: {', '.join(vessels.BIASES)})")
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
@@ -187,6 +236,13 @@ def generate(out_dir: str | os.PathLike, n: int = 800, size: int = 96, bias: str
     rows = []
     for i in range(n):
         sample_rng = np.random.default_rng([seed, i])
+        if kind == "nodules3d":
+            sid = _write_volume(out, i, sample_rng, size, bias, strength, bool(minority[i]), splits[i], spacing)
+            rows.append({"id": sid, "image": f"images/{sid}.nii.gz", "mask": f"masks/{sid}.nii.gz",
+                         "split": splits[i], "sex": "F" if minority[i] else "M"})
+            if on_image is not None:
+                on_image(i)
+            continue
         if kind == "nodules":
             sex = "F" if minority[i] else "M"
             acq = acquisitions(bias, strength)[sex]
@@ -208,6 +264,24 @@ def generate(out_dir: str | os.PathLike, n: int = 800, size: int = 96, bias: str
     manifest = out / MANIFEST
     write_csv(manifest, pd.DataFrame(rows))
     return manifest
+
+
+def _write_volume(out: Path, i: int, rng: np.random.Generator, size: int, bias: str, strength: float,
+                  minority: bool, split: str, spacing) -> str:
+    """Draw, render and write one ``nodules3d`` volume and its (training) mask; returns its id."""
+    from applefair.data.writers import nifti_bytes
+
+    acq = acquisitions(bias, strength)["F" if minority else "M"]
+    voxel = nodules3d.draw_spacing(rng, spacing or nodules3d.DEFAULT_SPACING)
+    mask = nodules3d.lesion_volume(rng, size, voxel, acq.lesion_scale)
+    img = nodules3d.render_volume(rng, mask, voxel, acq)
+    mask = training_mask(mask, bias, strength, minority, split, "nodules3d", spacing=voxel)
+    sid = f"nod3d{i:05d}"
+    for folder, array in (("images", np.round(img * 255).astype(np.uint8)), ("masks", mask.astype(np.uint8))):
+        data = nifti_bytes(array, voxel)
+        with atomic_path(out / folder / f"{sid}.nii.gz") as tmp:
+            tmp.write_bytes(data)
+    return sid
 
 
 def _write_png(path: Path, array: np.ndarray) -> None:

@@ -12,14 +12,16 @@ from __future__ import annotations
 import pandas as pd
 
 from applefair.data.groups import GroupSpec
-from applefair.data.loaders import LoadOptions, load_part
+from applefair.data.loaders import LoadOptions, is_volume_row, load_part
+from applefair.data.volumes import load_volume
 from applefair.engine.progress import progress_bar
 from applefair.errors import InputError
 
 
 def validate_samples(frame: pd.DataFrame, groups: GroupSpec | None = None, need_groups: tuple[str, ...] = (),
                      quiet: bool = True, limit: int | None = None) -> pd.DataFrame:
-    """Open every sample (or the first `limit`); return id, split, height, width, foreground fraction.
+    """Open every sample (or the first `limit`); return id, split, height, width (and depth for volumes),
+    foreground fraction.
 
     `need_groups` names the splits that must hold at least two known groups (e.g. ("train",)
     for a group-aware method).
@@ -39,16 +41,22 @@ def validate_samples(frame: pd.DataFrame, groups: GroupSpec | None = None, need_
         task = bar.add_task("check samples", total=len(rows), info="")
         for i, row in enumerate(rows):
             arrays = {}
+            if is_volume_row(row):  # a whole volume: image and mask read together (shape and spacing agree)
+                try:
+                    arrays["image"], arrays["mask"], _ = load_volume(row, opts)
+                except InputError as exc:
+                    raise InputError(f"{source}: row {i + 2} (id {row['id']}), columns image/mask: {exc}") from None
             for part in ("image", "mask"):
                 try:
-                    arrays[part] = load_part(row, part, opts)
+                    arrays[part] = arrays[part] if part in arrays else load_part(row, part, opts)
                 except InputError as exc:
                     raise InputError(f"{source}: row {i + 2} (id {row['id']}), column {part}: {exc}") from None
             img, msk = arrays["image"], arrays["mask"]
             if img.shape != msk.shape:
                 raise InputError(f"{source}: row {i + 2} (id {row['id']}), column mask: shape {msk.shape} differs "
                                  f"from the image's {img.shape} ({row['mask_path']})")
-            stats.append({"id": row["id"], "split": row["split"], "height": img.shape[0], "width": img.shape[1],
+            stats.append({"id": row["id"], "split": row["split"], "height": img.shape[-2], "width": img.shape[-1],
+                          **({"depth": img.shape[0]} if img.ndim == 3 else {}),
                           "foreground": float(msk.mean()), "intensity_mean": float(img.mean())})
             bar.update(task, advance=1)
     return pd.DataFrame(stats)

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+BIASES = ("contrast", "gain", "artifact", "anatomy", "spurious", "none")
+
 
 @dataclass(frozen=True)
 class FundusLook:
@@ -62,7 +64,7 @@ def looks(bias: str, strength: float = 1.0) -> dict[str, FundusLook]:
         return {"young": base, "old": FundusLook(calibre=max(0.2, 1.0 - 0.45 * s))}
     if bias == "spurious":
         return {"young": base, "old": FundusLook(gain=1.0 - 0.2 * s, offset=0.2 * s)}
-    raise ValueError(bias)
+    raise ValueError(f"bias '{bias}' is not known for vessels (expected one of: {', '.join(BIASES)})")
 
 
 def vessel_tree(rng: np.random.Generator, size: int, calibre: float = 1.0,

@@ -59,13 +59,14 @@ def prediction_names(ids: Sequence[object]) -> list[str]:
 
 def save_predictions(folder: str | os.PathLike, ids: Sequence[object],
                      masks: torch.Tensor | np.ndarray | Iterable[torch.Tensor | np.ndarray],
-                     spacing: float | Sequence[float] | None = None) -> list[Path]:
+                     spacing: float | Sequence[float] | Sequence[Sequence[float] | None] | None = None) -> list[Path]:
     """Write one mask per id into `folder`; returns the paths in the order of `ids`.
 
     `masks`: a (N, H, W) / (N, D, H, W) array or tensor, or N arrays; a leading channel axis of size 1
     (``(N, 1, H, W)``) is dropped. Binary masks (bool, or only 0 and 1) are written as 0/255 (PNG) or
     0/1 (NIfTI); integer label maps (0..255) keep their labels; probabilities must be thresholded first.
-    `spacing`: voxel size of 3-D masks, one number or one per axis (default 1); PNG holds no spacing.
+    `spacing`: voxel size of 3-D masks, one number or one per axis (default 1), or one such entry per mask
+    (a list as long as `ids`, e.g. each volume's own spacing); PNG holds no spacing.
     A 3-D mask's axes become the NIfTI's i, j, k axes, so nibabel reads back the same array.
     """
     ids = list(ids)
@@ -73,20 +74,30 @@ def save_predictions(folder: str | os.PathLike, ids: Sequence[object],
     if len(arrays) != len(ids):
         raise InputError(f"{len(ids)} sample ids but {len(arrays)} masks; give one mask per id")
     names = prediction_names(ids)
+    spacings = _per_mask(spacing, len(arrays))
     folder = Path(folder)
     paths = []
-    for stem, arr in zip(names, arrays, strict=True):
+    for stem, arr, voxel in zip(names, arrays, spacings, strict=True):
         if arr.ndim == 2:
             path = folder / f"{stem}.png"
             with atomic_path(path) as tmp:
                 Image.fromarray(arr).save(tmp, format="PNG")
         else:
             path = folder / f"{stem}.nii.gz"
-            data = _nifti_bytes(arr, spacing)
+            data = nifti_bytes(arr, voxel)
             with atomic_path(path) as tmp:
                 tmp.write_bytes(data)
         paths.append(path)
     return paths
+
+
+def _per_mask(spacing, n: int) -> list:
+    """One spacing entry per mask: `spacing` repeated, unless it is a list of `n` per-mask entries (each a
+    sequence or None); a flat list of numbers is one spacing per axis."""
+    if isinstance(spacing, (list, tuple)) and len(spacing) == n and n and all(
+            s is None or isinstance(s, (list, tuple, np.ndarray, torch.Tensor)) for s in spacing):
+        return [None if s is None else np.asarray(s, dtype=np.float64).tolist() for s in spacing]
+    return [spacing] * n
 
 
 def _as_mask(mask, sample_id: object) -> np.ndarray:
@@ -113,7 +124,9 @@ def _as_mask(mask, sample_id: object) -> np.ndarray:
     return np.ascontiguousarray(labels)
 
 
-def _nifti_bytes(arr: np.ndarray, spacing) -> bytes:
+def nifti_bytes(arr: np.ndarray, spacing) -> bytes:
+    """A gzipped NIfTI-1 file of the uint8 volume `arr` with voxel `spacing` (one number, or one per axis), the
+    same bytes for the same input (no time stamp)."""
     import nibabel as nib
 
     if spacing is None:

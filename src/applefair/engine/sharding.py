@@ -2,7 +2,7 @@
 
 A per-rank latent cache (each of N processes keeps the encoder outputs of 1/N of the training
 set) only works if every rank's share of every global batch comes from the samples it owns.
-The plain distributed order (`distributed.ShardSampler`) cannot give that: it reproduces one
+The plain distributed order (`samplers.ShardSampler`) cannot give that: it reproduces one
 process's fully shuffled batches, whose samples fall on the ranks at random. This order is
 built so that it can:
 
@@ -11,7 +11,7 @@ built so that it can:
     global batch k = the k-th slice of B / K samples of every shard, shard 0's slice first.
 
 Rank r of N (K a multiple of N) owns the shards s with s % N == r, i.e. exactly the samples
-with i % N == r (`distributed.shard_indices`), and its local batch k is its shards' slices.
+with i % N == r (`samplers.shard_indices`), and its local batch k is its shards' slices.
 So the union of the N local batches of a step is the global batch, and one process asked for
 the same K draws the same global batches in the same order: N processes with K = N shards
 equal one process with K = N shards (up to rounding), and each rank caches only its shard.

@@ -32,6 +32,7 @@ from applefair.metrics.leakage import ALL_PROBES, pool_latent, probe_auc, site_l
 from applefair.metrics.segmentation import per_sample_metrics
 from applefair.metrics.spatial import spatial_maps
 from applefair.models.forward import segment
+from applefair.models.sliding import merge_window_rows, windows_per_sample
 
 
 @dataclass
@@ -87,7 +88,8 @@ def score(model: nn.Module, dataset: SegmentationDataset, groups: GroupSpec, *,
     scores every sample; `keep_predictions` keeps each predicted mask (binary, or a label map for a
     softmax head) to be written to disk; `keep_maps` keeps each captured site's output as a map of at most
     16 x 16 (`metrics.spatial.spatial_maps`, float16) for the spatial probe. What `score` returns is otherwise
-    the same with or without them.
+    the same with or without them. Volumes are scored with each sample's ``spacing`` (distances in mm); a model
+    that slides windows over them gives one pooled row per sample (its windows merged) and keeps no maps.
     """
     conv = get_convention(convention)
     if nsd_tolerance is not None:
@@ -112,11 +114,14 @@ def score(model: nn.Module, dataset: SegmentationDataset, groups: GroupSpec, *,
         with progress_bar(quiet) as bar:
             task = bar.add_task("evaluate", total=len(loader), info="")
             for batch in loader:
+                marks = {s: len(v) for s, v in pooled.items()}  # 3-D: where this batch's window rows start
                 with replay(batch) if replay is not None else nullcontext():
                     logits = segment(model, to_device(batch, device))
+                if _merge_windows(model, pooled, marks):  # maps of windows are not maps of samples: none kept
+                    keep_maps = False
                 probs = _probabilities(logits.float()).cpu()
                 scores = per_sample_metrics(probs, batch["mask"], metrics=metrics, class_names=class_names,
-                                            convention=conv)
+                                            convention=conv, spacing=batch.get("spacing"))
                 if kept is not None:
                     masks = (probs[:, 0] > 0.5).to(torch.uint8) if probs.shape[1] == 1 else probs.argmax(1)
                     kept += [m.numpy().astype(np.uint8) for m in masks]
@@ -136,6 +141,18 @@ def score(model: nn.Module, dataset: SegmentationDataset, groups: GroupSpec, *,
     latents = {s: torch.cat(v).numpy() if v else np.zeros((0, 0)) for s, v in pooled.items()}
     kept_maps = {s: torch.cat(v).numpy() for s, v in maps.items() if v} if keep_maps else None
     return Scored(frame, latents, np.asarray(gids, dtype=np.int64), groups, conv, kept, kept_maps)
+
+
+def _merge_windows(model: nn.Module, pooled: dict[str, list[torch.Tensor]], marks: dict[str, int]) -> bool:
+    """3-D sliding windows: a captured site ran once per batch of windows, so this batch added one pooled row per
+    window; merge each sample's windows into its one row (`models.sliding.merge_window_rows`). True if it slid."""
+    windows = windows_per_sample(model)
+    if windows == 1:
+        return False
+    for s, rows in pooled.items():
+        if len(rows) > marks[s]:
+            rows[marks[s]:] = [merge_window_rows(torch.cat(rows[marks[s]:]), windows)]
+    return True
 
 
 def probe_leakage(before: Scored, after: Scored | None = None, *, probes: Sequence[str] = ALL_PROBES, folds: int = 5,

@@ -41,6 +41,7 @@ from applefair.metrics.bootstrap import draw_indices, percentile_ci, strata_of
 from applefair.metrics.conventions import Convention, get_convention
 from applefair.metrics.segmentation import per_sample_metrics
 from applefair.models.forward import segment
+from applefair.models.sliding import windows_per_sample
 
 STATISTICS = ("map", "channel")
 VERDICTS = ("used_gain", "used_no_gain", "not_used")
@@ -80,6 +81,10 @@ def mask_agreement(a: torch.Tensor, b: torch.Tensor, classes: int = 2) -> np.nda
     return np.where(held.any(1), np.nansum(both, 1) / np.maximum(held.sum(1), 1), 1.0)
 
 
+class _NotOneInput(ValueError):
+    """A site that does not give one output per sample per forward pass (sliding windows, a shared module)."""
+
+
 class _Hooks:
     """Forward hooks (prepended, so they run before any perturber's) on the decoder inputs: they keep each
     site's clean output, or replace it by a translated copy of the clean one. While replacing, a site's own
@@ -97,9 +102,6 @@ class _Hooks:
             if not torch.is_tensor(output):
                 raise TypeError(f"site '{site}' outputs {type(output).__name__}, expected a tensor")
             self.calls[site] = self.calls.get(site, 0) + 1
-            if self.calls[site] > 1:
-                raise ValueError(f"site '{site}' runs more than once per forward pass: it cannot be one decoder "
-                                 "input to intervene on")
             if self.mode == "keep":
                 self.clean[site] = output.detach()
                 return None
@@ -109,7 +111,13 @@ class _Hooks:
     def forward(self, model: nn.Module, batch: dict, mode: str, replace: Mapping | None = None) -> torch.Tensor:
         self.mode, self.replace, self.calls = mode, dict(replace or {}), {}
         if mode == "keep":
-            return segment(model, batch)
+            out = segment(model, batch)
+            again = [s for s, n in self.calls.items() if n > 1]
+            if again or windows_per_sample(model) > 1:
+                raise _NotOneInput(f"site(s) {', '.join(again) or ', '.join(self.sites)} run more than once per "
+                                   "forward pass (sliding windows, or a shared module): not one decoder input per "
+                                   "sample to intervene on")
+            return out
         saved = {s: m.__dict__.get("forward") for s, m in self.sites.items()}
         for s, m in self.sites.items():
             m.forward = lambda *_a, _out=self.clean[s], **_k: _out  # the hook replaces it: no need to compute it
@@ -267,6 +275,12 @@ def use_measure(model: nn.Module, dataset: Dataset, groups: GroupSpec, sites: Ma
     classes = 2
     try:
         with torch.no_grad(), _evaluating(model):
+            try:
+                first = next(iter(loader))
+                hooks.forward(model, to_device(first, device), "keep")
+            except _NotOneInput as exc:
+                return {**base, "n": int((gids >= 0).sum()), "output_change": math.nan, "used": None,
+                        "verdict": None, "note": str(exc)}
             for batch in loader:  # pass 1: the groups' statistics (and their permuted versions)
                 batch = to_device(batch, device)
                 hooks.forward(model, batch, "keep")

@@ -68,6 +68,39 @@ def build_sam(variant: str = "vit_b", img_size: int | None = None) -> nn.Module:
         pixel_mean=list(PIXEL_MEAN), pixel_std=list(PIXEL_STD))
 
 
+def decode_batched(decoder: nn.Module, emb: torch.Tensor, pe: torch.Tensor, sparse: torch.Tensor,
+                   dense: torch.Tensor) -> torch.Tensor:
+    """SAM's single-mask logits (B, 1, 4h, 4w) for B images with one prompt each, in one call.
+
+    `MaskDecoder.predict_masks` is made for one image with many prompts (it repeats the image
+    embedding per prompt), so a batch of images would need one call per image. This runs the same
+    steps with the batch as the batch: output tokens plus each image's prompt tokens, the two-way
+    transformer over (embedding + dense prompt, positional encoding), the upscaling, and the first
+    mask token's hypernetwork (`multimask_output=False`). The IoU head and the three multimask
+    outputs are not computed: the segmentor never returns them. `sparse`/`dense` of batch 1
+    (SAMed's "no prompt") are shared by every image.
+    """
+    n = emb.shape[0]
+    out_tokens = torch.cat([decoder.iou_token.weight, decoder.mask_tokens.weight], dim=0)
+    tokens = torch.cat([out_tokens.unsqueeze(0).expand(n, -1, -1), sparse.expand(n, -1, -1)], dim=1)
+    src = emb + dense
+    hs, src = decoder.transformer(src, pe.expand(n, -1, -1, -1), tokens)
+    c, h, w = emb.shape[1:]
+    up = decoder.output_upscaling(src.transpose(1, 2).view(n, c, h, w))
+    hyper = decoder.output_hypernetworks_mlps[0](hs[:, 1, :])  # mask token 0: the single-mask output
+    return (hyper.unsqueeze(1) @ up.flatten(2)).view(n, 1, *up.shape[-2:])
+
+
+def decode_loop(decoder: nn.Module, emb: torch.Tensor, pe: torch.Tensor, sparse: torch.Tensor,
+                dense: torch.Tensor) -> torch.Tensor:
+    """The reference for `decode_batched`: segment_anything's MaskDecoder, one image per call."""
+    n = emb.shape[0]
+    return torch.cat([decoder(image_embeddings=emb[i:i + 1], image_pe=pe,
+                              sparse_prompt_embeddings=sparse[i:i + 1] if len(sparse) > 1 else sparse,
+                              dense_prompt_embeddings=dense[i:i + 1] if len(dense) > 1 else dense,
+                              multimask_output=False)[0] for i in range(n)])
+
+
 class SamSegmentor(PromptedModule):
     """SAM as a binary segmentor; `prompt=None` runs without prompts (SAMed)."""
 
@@ -96,29 +129,72 @@ class SamSegmentor(PromptedModule):
             return (x - lo) / (hi - lo).clamp_min(1e-8)
         return (x * 255.0 - self.sam.pixel_mean) / self.sam.pixel_std
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, boxes=None, points=None, labels=None) -> torch.Tensor:
+        """Logits (B, 1, H, W) for images (B, 1 or 3, H, W), all decoded in one batched call.
+
+        Explicit prompts, in input-pixel coordinates, override those of the batch handed over by
+        `segment()`: `boxes` (B, 4) as x0, y0, x1, y1; `points` (B, K, 2) as x, y with `labels`
+        (B, K): 1 foreground, 0 background, -1 no point (default 1). Without either, `sam` takes the
+        whole image as its box, so a bare `net(x)` still segments something.
+        """
+        return self._run(x, boxes, points, labels, decode_batched)
+
+    def _forward_loop(self, x: torch.Tensor, boxes=None, points=None, labels=None) -> torch.Tensor:
+        """`forward` decoding one image at a time with segment_anything's own MaskDecoder: the reference
+        the batched decoder is tested and benchmarked against."""
+        return self._run(x, boxes, points, labels, decode_loop)
+
+    def _run(self, x: torch.Tensor, boxes, points, labels, decode) -> torch.Tensor:
         n, _, h, w = x.shape
+        explicit = self._explicit_prompts(n, boxes, points, labels)
+        prompts = explicit if explicit is not None else self.current_prompts(n, h, w)
         emb = self.sam.image_encoder(self.preprocess(x))
-        prompts = self.current_prompts(n, h, w)
         sparse, dense = self._embed_prompts(prompts, n, h, w, x.device)
-        pe = self.sam.prompt_encoder.get_dense_pe()
-        # segment_anything's decoder repeats the embedding per prompt: one image at a time.
-        low = torch.cat([self.sam.mask_decoder(image_embeddings=emb[i:i + 1], image_pe=pe,
-                                               sparse_prompt_embeddings=sparse[i:i + 1] if len(sparse) > 1 else sparse,
-                                               dense_prompt_embeddings=dense[i:i + 1] if len(dense) > 1 else dense,
-                                               multimask_output=False)[0] for i in range(n)])
+        low = decode(self.sam.mask_decoder, emb, self.sam.prompt_encoder.get_dense_pe(), sparse, dense)
         return F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)
 
+    def _explicit_prompts(self, n: int, boxes, points, labels) -> dict[str, torch.Tensor] | None:
+        """Prompts given to forward(), checked against the batch size (None when none were given)."""
+        if boxes is None and points is None:
+            if labels is not None:
+                raise InputError("labels given without points: expected points (B, K, 2) with labels (B, K)")
+            return None
+        if self.prompt is None:
+            raise InputError(f"{type(self).__name__} takes no prompt: expected boxes=None and points=None")
+        out: dict[str, torch.Tensor] = {}
+        if boxes is not None:
+            b = torch.as_tensor(boxes, dtype=torch.float32)
+            if tuple(b.shape) != (n, 4):
+                raise InputError(f"boxes of shape {tuple(b.shape)}: expected ({n}, 4) as x0, y0, x1, y1 in input "
+                                 "pixels, one box per image")
+            out["boxes"] = b
+        if points is not None:
+            p = torch.as_tensor(points, dtype=torch.float32)
+            p = p[:, None, :] if p.dim() == 2 else p
+            if p.dim() != 3 or p.shape[0] != n or p.shape[2] != 2:
+                raise InputError(f"points of shape {tuple(torch.as_tensor(points).shape)}: expected ({n}, K, 2) "
+                                 "as x, y in input pixels")
+            k = p.shape[1]
+            lab = torch.ones(n, k, dtype=torch.int64) if labels is None else torch.as_tensor(labels)
+            if lab.numel() != n * k or lab.is_floating_point() and not torch.equal(lab, lab.round()):
+                raise InputError(f"labels of shape {tuple(lab.shape)}: expected ({n}, {k}) integers "
+                                 "(1 foreground, 0 background, -1 no point)")
+            out["points"], out["labels"] = p, lab.reshape(n, k).to(torch.int64)
+        return out
+
     def _embed_prompts(self, prompts: dict | None, n: int, h: int, w: int, device: torch.device):
+        """SAM's sparse (B, N, C) and dense (B or 1, C, h', w') prompt embeddings, prompts rescaled to the
+        encoder's input."""
         enc = self.sam.prompt_encoder
         if prompts is None:
             return enc(points=None, boxes=None, masks=None)
         scale = torch.tensor([self.img_size / w, self.img_size / h], device=device)
+        boxes = points = None
         if "boxes" in prompts:
-            boxes = prompts["boxes"].to(device=device, dtype=torch.float32).reshape(n, 2, 2) * scale
-            return enc(points=None, boxes=boxes.reshape(n, 4), masks=None)
-        points = prompts["points"].to(device=device, dtype=torch.float32) * scale
-        return enc(points=(points, prompts["labels"].to(device)), boxes=None, masks=None)
+            boxes = (prompts["boxes"].to(device=device, dtype=torch.float32).reshape(n, 2, 2) * scale).reshape(n, 4)
+        if "points" in prompts:
+            points = (prompts["points"].to(device=device, dtype=torch.float32) * scale, prompts["labels"].to(device))
+        return enc(points=points, boxes=boxes, masks=None)
 
     def adapt_state_dict(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Accept a bare SAM/MedSAM state dict (adds the `sam.` prefix) at any image size."""
@@ -212,13 +288,23 @@ def build_samed(variant: str = "vit_b", img_size: int | None = None, rank: int =
 
 
 def _register() -> None:
-    from applefair.models.registry import register
+    from applefair.models.registry import preset, register
 
     register("sam", tiny={"variant": "tiny"},
              summary="Segment Anything (vit_b/l/h; SAM or MedSAM checkpoint), box/point prompt from the mask"
              )(build_prompted)
     register("samed", tiny={"variant": "tiny"},
              summary="SAMed: LoRA-adapted SAM image encoder, no prompt")(build_samed)
+    # --tiny keeps a preset's other arguments but not its input size (img_size None: the tiny 64 px)
+    tiny = {"img_size": None}
+    for size in (1024, 512, 256):
+        preset(f"sam_vit_b_{size}", "sam", {"variant": "vit_b", "img_size": size}, tiny=tiny, size=size,
+               summary=f"SAM ViT-B at {size} px, box prompt" + (" (SAM's own input size)" if size == 1024 else
+                                                                  " (position embeddings interpolated on load)"))
+    preset("medsam_vit_b_1024", "sam", {"variant": "vit_b", "img_size": 1024, "normalize": "minmax"}, tiny=tiny,
+           size=1024, summary="MedSAM's shape: SAM ViT-B at 1024 px, min-max input normalisation, box prompt")
+    preset("samed_vit_b_512", "samed", {"variant": "vit_b", "img_size": 512, "rank": 4}, tiny=tiny, size=512,
+           summary="SAMed's shape: SAM ViT-B at 512 px, LoRA rank 4 on q and v, no prompt")
 
 
 _register()

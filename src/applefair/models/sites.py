@@ -100,6 +100,39 @@ def feature_sites(net: nn.Module, prefix: str, encoder: nn.Module, example: torc
     return sites
 
 
+class _ReachedSite(Exception):
+    """Raised by a hook to stop a forward pass once the site has been reached."""
+
+
+def site_shape(net: nn.Module, site: str, example: torch.Tensor) -> torch.Size:
+    """The output shape of `site` for `example`, running the network only up to that module.
+
+    On the `meta` device (network and example) this computes shapes only: it is how a 1024-px
+    ViT's latent shape is known without running it."""
+    from applefair.models.forward import segment
+
+    shape: list[torch.Size] = []
+
+    def stop(_m, _i, out):
+        shape.append(out.shape)
+        raise _ReachedSite
+
+    handle = find_module(net, site).register_forward_hook(stop)
+    was = net.training
+    try:
+        net.eval()
+        with torch.no_grad():
+            segment(net, {"image": example})
+    except _ReachedSite:
+        pass
+    finally:
+        handle.remove()
+        net.train(was)
+    if not shape:
+        raise InputError(f"site '{site}' is not run by the forward pass of {type(net).__name__}")
+    return shape[0]
+
+
 @dataclass
 class SiteInfo:
     """One candidate site: its path, module type, output shape and calls per forward."""

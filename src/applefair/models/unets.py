@@ -1,6 +1,8 @@
 """U-Net-like segmentors of the zoo, each with its bottleneck (default site) and skip sites.
 
-All are 2-D, 1 input channel, 1 output logit channel. A skip site is the encoder output of one
+All take 1 input channel and give 1 output logit channel; all are 2-D except `unet` with
+``spatial_dims=3`` (the preset ``unet3d``), MONAI's 3-D U-Net, which slides a window of ``roi_size``
+over larger volumes at inference (`applefair.models.sliding`). A skip site is the encoder output of one
 resolution level (it feeds both the skip connection and the next level), so perturbing
 "every skip level plus the bottleneck" touches everything the decoder receives.
 """
@@ -11,7 +13,7 @@ import torch
 from torch import nn
 
 from applefair.errors import InputError
-from applefair.models.registry import register
+from applefair.models.registry import preset, register
 from applefair.models.sites import (
     attention_unet_sites,
     feature_sites,
@@ -21,14 +23,32 @@ from applefair.models.sites import (
 
 
 @register("unet", tiny={"channels": [8, 16, 32, 64], "strides": [2, 2, 2], "num_res_units": 1},
-          summary="MONAI UNet (residual units)")
+          summary="MONAI UNet (residual units; spatial_dims=3 for volumes)")
 def _unet(in_channels: int = 1, out_channels: int = 1, channels=(16, 32, 64, 128), strides=(2, 2, 2),
-          num_res_units: int = 2, dropout: float = 0.0) -> tuple[nn.Module, str, list[str]]:
+          num_res_units: int = 2, dropout: float = 0.0, spatial_dims: int = 2, roi_size=None, sw_batch_size: int = 4,
+          overlap: float = 0.5) -> tuple[nn.Module, str, list[str], dict]:
+    """`roi_size` (the patch, voxels or pixels): inputs larger than it are predicted in overlapping windows in
+    eval mode (`sw_batch_size` windows at a time, `overlap` of a window, Gaussian blending)."""
     from monai.networks.nets import UNet
 
-    net = UNet(spatial_dims=2, in_channels=in_channels, out_channels=out_channels, channels=tuple(channels),
-               strides=tuple(strides), num_res_units=num_res_units, dropout=dropout, norm="batch")
-    return net, unet_bottleneck_site(net), unet_skip_sites(net)
+    if int(spatial_dims) not in (2, 3):
+        raise InputError(f"unet spatial_dims {spatial_dims}: expected 2 (images) or 3 (volumes)")
+    kwargs = {"spatial_dims": int(spatial_dims), "in_channels": in_channels, "out_channels": out_channels,
+              "channels": tuple(channels), "strides": tuple(strides), "num_res_units": num_res_units,
+              "dropout": dropout, "norm": "batch"}
+    if int(spatial_dims) == 2 and roi_size is None:
+        net = UNet(**kwargs)  # the 2-D zoo model as it always was
+    else:
+        from applefair.models.unet3d import SlidingUNet
+
+        net = SlidingUNet(roi_size=roi_size, sw_batch_size=sw_batch_size, overlap=overlap, **kwargs)
+    return net, unet_bottleneck_site(net), unet_skip_sites(net), {"spatial_dims": int(spatial_dims)}
+
+
+preset("unet_large", "unet", {"channels": [64, 128, 256, 512, 1024], "strides": [2, 2, 2, 2], "num_res_units": 2},
+       size=512, summary="MONAI UNet of deployment size: the original U-Net's widths (64-1024), residual units")
+preset("unet3d", "unet", {"spatial_dims": 3, "channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 2},
+       size=96, summary="MONAI's 3-D UNet (volumes; roi_size=N slides N-voxel windows over larger volumes)")
 
 
 @register("attention_unet", tiny={"channels": [8, 16, 32, 64], "strides": [2, 2, 2]},
@@ -75,6 +95,10 @@ def _dynunet(in_channels: int = 1, out_channels: int = 1, filters=(32, 64, 128, 
                   strides=strides, upsample_kernel_size=strides[1:], filters=list(filters), res_block=res_block)
     skips = ["input_block"] + [f"downsamples.{i}" for i in range(len(net.downsamples))]
     return net, "bottleneck", skips
+
+
+preset("dynunet_large", "dynunet", {"filters": [32, 64, 128, 256, 512, 512]}, size=256,
+       summary="DynUNet in nnU-Net's 2-D layout: filters doubling from 32, capped at 512, 6 stages")
 
 
 @register("smp_unet", tiny={"encoder_name": "tu-regnetx_002", "encoder_depth": 3, "decoder_channels": [32, 16, 8]},

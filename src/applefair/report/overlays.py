@@ -3,7 +3,8 @@
 The run folder stores models and data, not predictions, so the report recomputes the few
 it shows: it loads ``deployed/`` (or the config's ``model``), attaches ``patch.safetensors``
 (or the config's ``patch``) and reads the test split of the run's manifest. "Before" is the
-same patched model with its perturbers switched off, so both come from one forward path.
+same patched model with its perturbers switched off, so both come from one forward path. A 3-D case
+is shown as the slice through the middle of its lesion (`mid_slice`); its Dice is the whole volume's.
 """
 
 from __future__ import annotations
@@ -85,8 +86,24 @@ def compute_overlays(run: RunData, per_group: int = 1) -> tuple[list[dict] | Non
     d_after = per_sample_metrics(after, batch["mask"])["dice"]
     out = []
     for k, (g, which, i) in enumerate(cases):
-        out.append({"group": g, "which": which, "id": i, "image": batch["image"][k, 0].numpy(),
-                    "mask": batch["mask"][k, 0].numpy(), "before": (before[k, 0] > 0.5).float().numpy(),
-                    "after": (after[k, 0] > 0.5).float().numpy(),
-                    "dice_before": float(d_before[k]), "dice_after": float(d_after[k])})
+        arrays = {"image": batch["image"][k, 0], "mask": batch["mask"][k, 0], "before": (before[k, 0] > 0.5).float(),
+                  "after": (after[k, 0] > 0.5).float()}
+        where = {}
+        if arrays["image"].ndim == 3:  # a volume: show the slice through the middle of its lesion
+            z = mid_slice(arrays["mask"])
+            arrays = {key: a[z] for key, a in arrays.items()}
+            where = {"slice": z, "depth": int(batch["image"].shape[2])}
+        out.append({"group": g, "which": which, "id": i, **{key: a.numpy() for key, a in arrays.items()},
+                    "dice_before": float(d_before[k]), "dice_after": float(d_after[k]), **where})
     return out, ""
+
+
+def mid_slice(truth: torch.Tensor) -> int:
+    """The slice (along the first axis of a (D, H, W) mask) through the truth's centre of mass, rounded; the
+    middle slice when the truth is empty. Dice in the overlays stays the whole volume's."""
+    depth = truth.shape[0]
+    per_slice = truth.reshape(depth, -1).float().sum(1)
+    if float(per_slice.sum()) == 0:
+        return depth // 2
+    centre = float((per_slice * torch.arange(depth, dtype=per_slice.dtype)).sum() / per_slice.sum())
+    return min(depth - 1, max(0, int(round(centre))))

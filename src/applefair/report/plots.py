@@ -189,7 +189,10 @@ def overlay_grid(cases: list[dict]) -> Figure:
             if key in ("before", "after") and case.get(f"dice_{key}") is not None:
                 label += f" (Dice {case[f'dice_{key}']:.2f})"
             ax.set_title(label, fontsize=7)
-        axes[r][0].set_ylabel(_short(f"{case['group']} {case['which']}\n{case['id']}", 30), fontsize=7)
+        where = f"\nslice {case['slice']} of {case['depth']}" if "slice" in case else ""
+        axes[r][0].set_ylabel(_short(f"{case['group']} {case['which']}\n{case['id']}", 30) + where, fontsize=7)
+    volumes = any("slice" in case for case in cases)
     return _render(fig, "overlays", "Best and worst test cases of each group (by Dice after mitigation): "
-                   "image, ground truth (orange), prediction before and after (blue).", "Example overlays",
-                   fmt="png")
+                   "image, ground truth (orange), prediction before and after (blue)."
+                   + (" Volumes: the slice through the middle of the lesion; Dice is the whole volume's."
+                      if volumes else ""), "Example overlays", fmt="png")

@@ -24,7 +24,7 @@ from torch import nn
 from applefair.data.augment import apply_augmenter, augment_batch, parse_augment, sample_augmenter
 from applefair.data.groups import GroupSpec
 from applefair.data.manifest import SegmentationDataset
-from applefair.engine import distributed
+from applefair.engine import distributed, samplers
 from applefair.engine.config import Settings
 from applefair.engine.device import resolve_device
 from applefair.engine.precision import Precision
@@ -86,7 +86,7 @@ def train_segmentor(net: nn.Module, train: SegmentationDataset, val: Segmentatio
     device = resolve_device(cfg.device)  # under torchrun: this process's own GPU
     net.to(device)
     # one process: the plain shuffled loader; under torchrun: this rank's share of each global batch
-    loader = distributed.make_loader(train, cfg.batch_size, shuffle=True, generator=gen,
+    loader = samplers.make_loader(train, cfg.batch_size, shuffle=True, generator=gen,
                                      drop_last=len(train) > cfg.batch_size)
     model = distributed.wrap(net)  # DDP when world_size > 1, else `net` itself
     # mixed precision where the device has it (bf16/fp16 on CUDA); fp32 on the CPU, unchanged

@@ -61,3 +61,15 @@ def logged(folder: str | os.PathLike) -> Iterator[Path]:
     """The run's INFO log in `folder/run.log` while the run lasts."""
     with run_logging(folder, RUN_LOG) as path:
         yield path
+
+
+def check_dims(spec, dataset, source: object) -> None:
+    """InputError when the model's spatial dimensions (`ModelSpec.spatial_dims`) differ from the data's (2-D
+    images or 3-D volumes, `SegmentationDataset.spatial_dims`)."""
+    from applefair.errors import InputError
+
+    model_dims, data_dims = int(getattr(spec, "spatial_dims", 2)), int(getattr(dataset, "spatial_dims", 2))
+    if len(dataset) and model_dims != data_dims:
+        kind = {2: "2-D images", 3: "3-D volumes"}
+        raise InputError(f"{source}: holds {kind.get(data_dims, data_dims)}, but model '{spec.name}' takes "
+                         f"{kind.get(model_dims, model_dims)} (e.g. --model unet3d for volumes, spatial_dims=3)")

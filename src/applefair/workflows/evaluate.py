@@ -36,7 +36,7 @@ from applefair.metrics.use import PERMUTATIONS, STATISTICS, use_measure
 from applefair.models.registry import ModelSpec, load_model_dir
 from applefair.models.sites import site_modules
 from applefair.report import write_reports
-from applefair.workflows._common import FrozenCheck, provenance
+from applefair.workflows._common import FrozenCheck, check_dims, provenance
 
 
 class EvaluateSettings(Settings):
@@ -154,7 +154,6 @@ def evaluate_change(model: nn.Module, dataset: SegmentationDataset, groups: Grou
 def run_evaluation(st: EvaluateSettings, out: str | os.PathLike, *, overwrite: bool = False,
                    quiet: bool = True) -> EvaluateResult:
     """Evaluate, write the run folder, and return what was written."""
-
     for key in ("data", "model"):
         if getattr(st, key) is None:
             raise InputError(f"--{key} is required (on the command line or as '{key}' in --config)")
@@ -170,6 +169,7 @@ def run_evaluation(st: EvaluateSettings, out: str | os.PathLike, *, overwrite: b
     ds = SegmentationDataset(frame, spec, st.split, **({"size": st.size} if st.size else {}))
     if len(ds) == 0:
         raise InputError(f"{st.data}: split '{st.split}' has no rows")
+    check_dims(mspec, ds, st.data)  # a 2-D model on volumes (or the other way round) is bad input
     check = FrozenCheck(net)
     patched_sites = list(patched.sites) if patched is not None else []
     sites = decoder_inputs(mspec, patched_sites)
@@ -205,10 +205,12 @@ def run_evaluation(st: EvaluateSettings, out: str | os.PathLike, *, overwrite: b
             runfolder.write_paired(stage, ev.paired)
             runfolder.write_frozen_check(stage, frozen)
         if st.save_predictions:
-            save_predictions(stage / runfolder.PREDICTIONS, ev.after.per_sample["id"], ev.after.predictions)
+            spacing = ds.spacings()  # volumes: each mask with its own voxel spacing
+            save_predictions(stage / runfolder.PREDICTIONS, ev.after.per_sample["id"], ev.after.predictions,
+                             spacing=spacing)
             if ev.before is not None:
                 save_predictions(stage / runfolder.DEPLOYED / runfolder.PREDICTIONS, ev.before.per_sample["id"],
-                                 ev.before.predictions)
+                                 ev.before.predictions, spacing=spacing)
         write_reports(stage)  # report.html, report.md, tables/, plots/
     return result
 

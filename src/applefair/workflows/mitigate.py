@@ -36,7 +36,7 @@ from applefair.metrics.outcome import Outcome, classify_outcome
 from applefair.models.registry import ModelSpec
 from applefair.models.sites import find_module
 from applefair.report import write_reports
-from applefair.workflows._common import FrozenCheck, logged, provenance
+from applefair.workflows._common import FrozenCheck, check_dims, logged, provenance
 from applefair.workflows.evaluate import decoder_inputs, evaluate_change
 
 log = logging.getLogger("applefair")
@@ -145,6 +145,7 @@ def _run(frame, net, spec, model: Path, out: Path, groups: GroupSpec, cfg: Apple
         if len(split[s]) == 0:
             raise InputError(f"{frame.attrs.get('source', 'manifest')}: split '{s}' has no rows "
                              "(APPLE trains on train and selects on val)")
+    check_dims(spec, split["train"], frame.attrs.get("source", "manifest"))  # 2-D model, 3-D data (or reverse)
     frozen = FrozenCheck(net, folder=model)
     config = provenance("mitigate", method=method, model=str(model), model_name=spec.name,
                         site=cfg.sites or [spec.site], device=str(next(net.parameters()).device),

@@ -26,7 +26,7 @@ from applefair.errors import InputError
 from applefair.models.checkpoints import load_checkpoint
 from applefair.models.registry import ModelSpec, create_segmentor, save_model_dir
 from applefair.training.erm import TrainConfig, check_resume, resume_key, train_segmentor
-from applefair.workflows._common import logged, provenance
+from applefair.workflows._common import check_dims, logged, provenance
 
 log = logging.getLogger("applefair")
 
@@ -127,6 +127,7 @@ def run_train(st: TrainSettings, out: str | os.PathLike, *, overwrite: bool = Fa
                 frame = load_dataset(st.data, format=st.format, **st.options)
                 labelled = GroupSpec(st.attribute).fit(frame) if st.attribute else None
                 split = {s: SegmentationDataset(frame, labelled, s, size=st.size) for s in ("train", "val")}
+                check_dims(spec, split["train"], st.data)
                 groups = labelled or _NoGroups()
             trained = train_deployed(net, spec, split, groups, cfg, quiet=quiet, run_dir=stage, resume=resuming,
                                      run_key=key)

@@ -1,8 +1,12 @@
 """Does the use measure read what it should, on benchmarks where the answer is known?
 
-    OMP_NUM_THREADS=1 python bench/use_measure.py --out runs/use_measure --models unet --seeds 0 1 2
+    OMP_NUM_THREADS=1 python bench/use_measure.py --out runs/use_measure --models unet \
+        --results bench/results/use_measure_unet.jsonl --tables bench/results/use_measure_unet
+    OMP_NUM_THREADS=1 python bench/use_measure.py --out runs/use_measure --models sam \
+        --results bench/results/use_measure_sam.jsonl --tables bench/results/use_measure_sam
     python bench/use_measure.py --out runs/use_measure --train-only          # ERM models only (cached)
-    python bench/use_measure.py --out runs/use_measure --summary-only --results bench/results/use_measure.jsonl
+    python bench/use_measure.py --out runs/use_measure --summary-only --results bench/results/use_measure_unet.jsonl
+    python bench/use_measure.py --out runs/use_measure --time-probe bench/results/use_measure_probe_speed.json
 
 For every (model, bias, seed): generate `nodules` data (`applefair.data.synthetic.generate`), train
 the deployed model by ERM (cached under <out>/models), then on the test split: per-group Dice, the

@@ -79,3 +79,16 @@ def test_where_a_run_probes():
     assert probe_sites(spec, fit, patched=True, probe="patched") == {"b": "perturbed"}
     fit.latent_sites = None
     assert probe_sites(spec, fit, patched=False) == {}
+
+
+def test_mitigate_refuses_an_unknown_probe_choice(tmp_path):
+    import pytest
+
+    from applefair.apple.config import AppleConfig
+    from applefair.data.groups import GroupSpec
+    from applefair.errors import InputError
+    from applefair.workflows.mitigate import run_mitigation
+
+    with pytest.raises(InputError, match="--probe"):
+        run_mitigation(tmp_path / "d", tmp_path / "m", tmp_path / "o", GroupSpec("sex"), AppleConfig(), probe="all")
+    assert not (tmp_path / "o").exists()

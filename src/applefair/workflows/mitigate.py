@@ -106,6 +106,8 @@ def run_mitigation(data: str | os.PathLike, model: str | os.PathLike, out: str |
 
     if method != "apple" and resume:
         raise InputError("--resume is only supported for --method apple")
+    if probe not in ("decoder", "patched"):
+        raise InputError(f"--probe {probe}: expected 'decoder' (every decoder input) or 'patched'")
     impl = get_method(method)  # an unknown method is bad input before anything is read
     out, model = Path(out), Path(model)
     out = distributed.run_folder(out, resume)  # under torchrun, ranks > 0 write a private scratch copy

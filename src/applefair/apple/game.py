@@ -174,10 +174,10 @@ def distribution_gap(game: Game, a: torch.Tensor) -> torch.Tensor:
     return torch.stack(terms).mean()
 
 
-def group_shifts(game: Game, a: torch.Tensor) -> dict[str, torch.Tensor] | None:
-    """Per perturbed site, each sample's move from its group's mean f_p to another group's (the batch's means,
-    detached); None when the batch does not hold two samples of at least two groups. With more than two groups
-    each sample moves to the next group present (cyclically)."""
+def group_shifts(game: Game, a: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]] | None:
+    """Per perturbed site, (the clean pass's f_p, each sample's move from its group's mean f_p to another group's,
+    from the batch's means, detached); None when the batch does not hold two samples of at least two groups.
+    With more than two groups each sample moves to the next group present (cyclically)."""
     present = [g for g in range(len(game.freq)) if int((a == g).sum()) >= 2]
     if len(present) < 2:
         return None
@@ -189,7 +189,7 @@ def group_shifts(game: Game, a: torch.Tensor) -> dict[str, torch.Tensor] | None:
         move = torch.zeros_like(fp)
         for g in present:
             move[a == g] = means[target[g]] - means[g]
-        shifts[s] = move.to(game.patched.latents[s][1].dtype)
+        shifts[s] = (game.patched.latents[s][1], move.to(game.patched.latents[s][1].dtype))
     return shifts
 
 
@@ -203,12 +203,14 @@ def use_gap(game: Game, batch: dict, a: torch.Tensor, logits: torch.Tensor, repl
     shifts = group_shifts(game, a)
     if shifts is None:
         return logits.sum() * 0.0
+    seen = game.patched.latents  # the clean pass's latents, which the other terms read
     game.patched.shift = shifts
     try:
         with replay(), game.amp.autocast():
             moved = segment(game.patched, batch).float()
     finally:
         game.patched.shift = None
+        game.patched.latents = seen
     known = a >= 0
     head = game.seg_loss.head
     return (_probs(moved[known], head) - _probs(logits[known], head)).abs().mean()

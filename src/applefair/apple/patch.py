@@ -38,7 +38,8 @@ class PatchedSegmentor(nn.Module):
         self.perturbers = nn.ModuleDict({_key(s): p for s, p in perturbers.items()})
         self.latents: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.enabled = True
-        self.shift: dict[str, torch.Tensor] | None = None  # added to f_p at these sites (a training loss's what-if)
+        # (clean f_p, move) per site: the site returns f_p + move instead (a training loss's what-if)
+        self.shift: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
         taken = [s for s in self.sites if getattr(find_module(net, s), "_applefair_patched", False)]
         if taken:  # two live patches on one site would silently stack their perturbations
             raise InputError(f"site(s) {', '.join(taken)} already carry a fairness patch; call .remove() on the "
@@ -57,10 +58,11 @@ class PatchedSegmentor(nn.Module):
             if not self.enabled:
                 self.latents[site] = (output, output)
                 return output
+            if self.shift is not None and site in self.shift:  # a counterfactual translation (training only):
+                base, move = self.shift[site]  # the clean pass's f_p moved, so that each input moves exactly once
+                return base + move
             perturbed = output + self.perturbers[_key(site)](output)
             self.latents[site] = (output, perturbed)
-            if self.shift is not None and site in self.shift:  # a counterfactual translation (training only)
-                return perturbed + self.shift[site]
             return perturbed
         return hook
 

@@ -58,6 +58,9 @@ VARIANTS: dict[str, dict] = {
                     "d_kind": "spatial", "d_ensemble": 3, "d_reinit": 5},
     "fid_inv_norm": {**PAPER, "objective": "none", "perturb": "all", "seg_target": "deployed", "invariance": 10.0,
                      "normalize": "instance"},
+    # the paper's game (KL adversary, U shape) with the fidelity target, and use-invariance at the model's site
+    "paper_fid": {**PAPER, "seg_target": "deployed"},
+    "fid_inv_site": {**PAPER, "objective": "none", "seg_target": "deployed", "invariance": 1.0},
 }
 TARGET = {"gap_reduction": 0.5, "dice_drop": 0.01}
 

@@ -130,6 +130,7 @@ def _run_job(job: dict) -> list[dict]:
     groups, split = _data(out, a, job["bench"], seed)
     t0 = time.time()
     net, spec = _deployed(out, a, job["model"], job["bench"], seed, split, groups)
+    deploy_seconds = round(time.time() - t0, 1)
     net.eval()
     inputs = decoder_inputs(spec.site, spec.skip_sites)
     deployed_hash = state_dict_hash(net)
@@ -159,11 +160,10 @@ def _run_job(job: dict) -> list[dict]:
                      "deployed_params": sum(p.numel() for p in net.parameters()),
                      "history": [{k: (round(float(v), 4) if isinstance(v, float) else v) for k, v in h.items()}
                                  for h in res.history],
-               "seconds": round(time.time() - t1, 1), "deploy_seconds": round(t1 - t0, 1)}
+               "seconds": round(time.time() - t1, 1), "deploy_seconds": deploy_seconds}
         with (out / "results.jsonl").open("a") as f:
             f.write(json.dumps(row) + "\n")
         rows.append(row)
-        t0 = t1
     return rows
 
 
@@ -186,6 +186,7 @@ def run(a: argparse.Namespace) -> None:
                 if todo:
                     jobs.append({"model": model, "bench": bench, "seed": seed, "variants": todo, "out": str(out),
                                  "args": vars(a)})
+    jobs.sort(key=lambda j: j["seed"])  # every cell's first seed before any cell's second: partial runs stay balanced
     print(f"{len(jobs)} jobs ({sum(len(j['variants']) for j in jobs)} runs) to do", flush=True)
     with ProcessPoolExecutor(max_workers=a.workers) as pool:
         pending = {pool.submit(_run_job, j): j for j in jobs}

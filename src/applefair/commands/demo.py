@@ -13,39 +13,51 @@ out_console = Console()
 
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Run folder to write."),
-    quick: bool = typer.Option(None, "--quick", help="Small, fast version (about a minute on 2 cores)."),
+    quick: bool = typer.Option(None, "--quick", help="Small, fast version (about a minute on 2 cores; "
+                                                      "the full one takes about five)."),
     seed: int = typer.Option(None, "--seed", help="Seed for data, training and APPLE (default 0)."),
-    bias: str = typer.Option(None, "--bias", help="Bias mechanism of the synthetic data (default contrast)."),
+    bias: str = typer.Option(None, "--bias", help="Run one case on this bias mechanism instead of the two cases "
+                                                  "(misused cue: spurious; difficulty: contrast)."),
     config: Path = typer.Option(None, "--config", help="YAML settings (keys as in `DemoSettings`, docs/cli.md); "
                                                        "options given here override the file."),
     device: str = typer.Option(None, "--device", help="auto, cpu or cuda (default auto)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
-    """Run APPLE end to end on the built-in synthetic benchmark.
+    """Run APPLE end to end on the built-in synthetic benchmark: a misused cue and a difficulty-type gap, side by side.
 
-    Writes the run folder: config.yaml, data/, deployed/, before/ and after/ metrics, patch.safetensors,
-    leakage.json, frozen_check.json, history.csv, run.log, report.html, report.md, tables/, plots/.
+    Writes the run folder: config.yaml, cases.json, report.html/md (both cases), run.log, and per case
+    (misused_cue/, difficulty/): config.yaml, data/, deployed/, before/ and after/ metrics, patch.safetensors,
+    paired.json, leakage.json, use.json, frozen_check.json, history.csv, run.log, report.html, report.md,
+    tables/, plots/.
 
     Example: applefair demo --quick --out runs/demo-quick
     """
     from applefair.engine.config import resolve_settings
     from applefair.engine.runfolder import REPORT_HTML, REPORT_MD
-    from applefair.report.markdown import before_after_rows, verdict
+    from applefair.metrics.outcome import explain_use
     from applefair.workflows.demo import DemoSettings, run_demo
 
     settings = resolve_settings(DemoSettings, config, quick=quick, seed=seed, bias=bias, device=device)
     result = run_demo(out, settings, quiet=quiet)
-    before, after = result.evaluation.before_frame.to_dict(), result.evaluation.frame.to_dict()
-    table = Table(title=f"Before vs after APPLE (test split, attribute '{before['attribute']}')")
-    for col in ("metric", "before", "after", "change"):
-        table.add_column(col, justify="left" if col == "metric" else "right")
-    for label, b, a in before_after_rows(before, after):
-        table.add_row(label, f"{b:.4f}", f"{a:.4f}", f"{a - b:+.4f}")
+    table = Table(title="APPLE on the test split: before → after, in Dice points (gap change: paired 95% CI)")
+    for col in ("case", "Dice", "gap", "gap change", "outcome"):
+        table.add_column(col, justify="left" if col in ("case", "outcome") else "right", no_wrap=True)
+    for case in result.cases:
+        b, a = case.before, case.after
+        o = case.outcome
+        ci = f" [{100 * o.change_ci[0]:+.1f}, {100 * o.change_ci[1]:+.1f}]" if o.change_ci else ""
+        gap_b, gap_a = b["fairness"]["dice_delta"], a["fairness"]["dice_delta"]
+        table.add_row(case.name, f"{100 * b['overall']['dice']:.1f} → {100 * a['overall']['dice']:.1f}",
+                      f"{100 * gap_b:.1f} → {100 * gap_a:.1f}", f"{100 * (gap_a - gap_b):+.1f}{ci}", o.kind)
     out_console.print(table)
-    out_console.print(verdict(before, after))
-    chk = result.check
-    out_console.print(f"Deployed weights unchanged: {'yes' if chk['unchanged'] else 'NO'} "
-                      f"(sha256 {chk['hash_before'][:12]}…)")
+    for case in result.cases:
+        out_console.print(f"[bold]{case.name}[/bold]: {case.title}.")
+        explained = explain_use(case.use.get("deployed"))
+        if explained:
+            out_console.print(f"  {explained}")
+        out_console.print(f"  {case.outcome.sentence}")
+        out_console.print(f"  Deployed weights unchanged: {'yes' if case.check['unchanged'] else 'NO'} "
+                          f"(sha256 {case.check['hash_before'][:12]}…)")
     report = out / REPORT_HTML
     out_console.print(f"Report: {report if report.exists() else out / REPORT_MD}")
 

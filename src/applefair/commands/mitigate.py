@@ -47,7 +47,7 @@ def mitigate(
     fresh probes at every decoder input), use.json (does each model use the group?), history.csv,
     curves.png, checkpoint.safetensors, frozen_check.json, config.yaml and run.log; prints the outcome.
 
-    Example: applefair mitigate --data runs/demo/data --model runs/demo/deployed --attribute sex --out runs/mitigate
+    Example: cd runs/demo/misused_cue && applefair mitigate --data data --model deployed -a sex --out apple
     """
     from applefair.apple.config import load_apple_config
     from applefair.data.groups import build_group_spec

@@ -49,7 +49,7 @@ def train(
     with a checkpoint after every epoch: after a kill, the same command with --resume continues
     and gives the same final weights as an uninterrupted run.
 
-    Example: applefair train --data runs/demo/data --model unet --tiny --epochs 5 --out runs/unet-tiny
+    Example: applefair train --data runs/demo/misused_cue/data --model unet --tiny --epochs 5 --out runs/unet-tiny
     """
     from applefair.data.formats import parse_options
     from applefair.engine.config import resolve_settings

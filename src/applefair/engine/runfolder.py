@@ -37,6 +37,7 @@ REPORT_LOG = "report.log"
 METRICS = "metrics.json"  # per-group metrics, fairness aggregates, CIs
 PER_SAMPLE = "per_sample.csv"  # one row per scored image: id, group, one column per metric
 LEAKAGE = "leakage.json"  # fresh-probe AUCs per site
+CASES_JSON = "cases.json"  # demo: one entry per case (its folder, gap and Dice before/after, outcome, use)
 USE = "use.json"  # the use measure per model: does the output depend on the group statistics of its inputs?
 FROZEN_CHECK = "frozen_check.json"  # SHA-256 of the deployed weights before/after
 PAIRED = "paired.json"  # change after - before with paired CIs and Wilcoxon tests
@@ -75,7 +76,7 @@ LATENT_CACHE = "latent_cache"
 PREDICTIONS = "predictions"  # evaluate --save-predictions: one mask file per sample, named by its id
 
 # what marks a folder as a run folder (`applefair report`)
-RUN_MARKERS = (CONFIG, METRICS, f"*/{METRICS}", HISTORY, LEAKAGE, USE, RESULTS, f"*/{RESULTS}")
+RUN_MARKERS = (CONFIG, METRICS, f"*/{METRICS}", HISTORY, LEAKAGE, USE, CASES_JSON, RESULTS, f"*/{RESULTS}")
 # sub-folders whose metrics.json is not a test-split evaluation of the run's models
 NOT_EVALUATIONS = frozenset({DATA, TABLES, PLOTS, VALIDATION, "validation", "train", CELLS, "results",
                              "checkpoints", PREDICTIONS})
@@ -116,6 +117,15 @@ def write_leakage(root: str | os.PathLike, per_site: Mapping[str, Mapping[str, A
 def write_use(root: str | os.PathLike, per_model: Mapping[str, Mapping[str, Any]]) -> None:
     """use.json: {model label: use-measure entry} (the one schema, `metrics.use.use_measure`)."""
     write_json(Path(root) / USE, json_safe({str(k): dict(v) for k, v in per_model.items()}))
+
+
+def write_cases(root: str | os.PathLike, cases: Mapping[str, Mapping[str, Any]]) -> None:
+    write_json(Path(root) / CASES_JSON, json_safe({str(k): dict(v) for k, v in cases.items()}))
+
+
+def read_cases(root: str | os.PathLike) -> dict[str, dict] | None:
+    """cases.json of a demo run ({case: entry}), or None where the run has none."""
+    return read_optional_object(root, CASES_JSON)
 
 
 def write_frozen_check(root: str | os.PathLike, check: Mapping[str, Any]) -> None:

@@ -143,3 +143,24 @@ def _remains(readable: list[tuple[str, str, float]], entry: Mapping | None, used
                      f"inputs are moved to another group's statistics, against at most "
                      f"{entry.get('null_output_change_max', math.nan):.3f} with the groups permuted)")
     return " and ".join(parts)
+
+
+def explain_use(entry: Mapping | None) -> str | None:
+    """Which kind of gap the deployed model has, in one sentence from its use measure (use.json's `deployed`):
+    a misused cue a latent patch can remove, information missing from the images that it cannot restore, or
+    no use of the group at all. None without a verdict."""
+    if not isinstance(entry, Mapping) or entry.get("verdict") not in ("used_gain", "used_no_gain", "not_used"):
+        return None
+    change, top = entry.get("output_change", math.nan), entry.get("null_output_change_max", math.nan)
+    worst, gain = entry.get("worst_group"), entry.get("worst_group_dice_change")
+    gain_text = f"{100 * gain:+.1f} Dice points" if _num(gain) else "an unknown amount"
+    moved = (f"moving each image's decoder inputs to the other group's statistics changes the masks by {change:.3f} "
+             f"(1 - Dice; at most {top:.3f} with the groups permuted) and the {worst} group's Dice by {gain_text}")
+    if entry["verdict"] == "used_gain":
+        return (f"The deployed model uses the group, and the group's cue costs the {worst} group accuracy "
+                f"({moved}): a misused cue, which a latent patch can remove.")
+    if entry["verdict"] == "used_no_gain":
+        return (f"The deployed model's output depends on the group, but the {worst} group gains nothing from the "
+                f"other group's statistics ({moved}): what it lacks is missing from its images, which no latent "
+                "patch can restore.")
+    return f"The deployed model does not use the group ({moved}): there is no group cue for a patch to remove."

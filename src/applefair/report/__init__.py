@@ -1,7 +1,5 @@
 """Human-readable outputs: report.html, report.md, tables as CSV, plots."""
 
-from applefair.report.markdown import before_after_rows, demo_report, verdict
-
 
 def write_reports(run_dir, overlays: bool = True):
     """Write report.html, report.md, tables/*.csv and plots/* for a run folder (see report.build)."""
@@ -10,4 +8,4 @@ def write_reports(run_dir, overlays: bool = True):
     return _write(run_dir, overlays=overlays)
 
 
-__all__ = ["before_after_rows", "demo_report", "verdict", "write_reports"]
+__all__ = ["write_reports"]

@@ -20,6 +20,7 @@ from applefair.engine import runfolder as rf
 from applefair.engine.io import atomic_path, write_csv, write_text
 from applefair.errors import InputError
 from applefair.report import plots
+from applefair.report.cases import case_sections
 from applefair.report.document import Paragraph, Section, Table, format_cell
 from applefair.report.render import render_html, render_markdown
 from applefair.report.rundata import RunData, load_run
@@ -37,7 +38,7 @@ from applefair.report.tables import (
 
 log = logging.getLogger("applefair")
 
-TABLE_NAMES = ("results", "data_summary", "leakage", "use", "comparison", "history", "frozen_check", "config")
+TABLE_NAMES = ("cases", "results", "data_summary", "leakage", "use", "comparison", "history", "frozen_check", "config")
 PLOT_NAMES = ("group_dice", "dice_distribution", "tradeoff", "training_curves", "overlays")
 
 
@@ -268,7 +269,10 @@ def write_reports(run_dir: str | os.PathLike, overlays: bool = True) -> dict[str
     """Write report.html, report.md, tables/*.csv and plots/* into `run_dir`; returns their paths."""
     run_dir = Path(run_dir)
     run = load_run(run_dir)
+    cases = rf.read_cases(run_dir)
     sections = build_sections(run, overlays)
+    if cases:  # a run of several cases (demo): their side-by-side page, then this folder's own sections
+        sections = case_sections(run_dir, cases) + [s for s in sections if s.id in ("config",)]
     command = (run.config or {}).get("command", "")
     title = f"applefair report: {_run_name(run_dir)}"
     subtitle = (f"{command + ' run, ' if command else ''}generated "

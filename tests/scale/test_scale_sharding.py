@@ -145,10 +145,13 @@ def test_cache_delivers_on_the_gpu_from_any_store(store, tmp_path, tiny_manifest
     if store == "cpu":  # a cache too large for the GPU stays on the CPU
         monkeypatch.setattr(cache_mod, "_home", lambda *_a: torch.device("cpu"))
     folder = tmp_path / "c" if store == "disk" else None
-    gpu = LatentCache.build(net, [spec.site], train, batch_size=8, folder=folder)
-    assert gpu.device.type == "cuda"
+    gpu = LatentCache.build(net, [spec.site], train, batch_size=8, folder=folder, dtype="fp32")
+    half = LatentCache.build(net, [spec.site], train, batch_size=8, folder=folder)  # auto: bf16 (or fp16) on a GPU
+    assert gpu.device.type == half.device.type == "cuda" and half.dtype in ("bf16", "fp16")
     idx = torch.tensor([3, 0, 5])
     for name in gpu.names:
         out = gpu.lookup(name, idx)
         assert out.device.type == "cuda"
         assert torch.allclose(out.cpu(), ref.lookup(name, idx), atol=1e-4)
+        rounded = half.lookup(name, idx)
+        assert rounded.dtype == out.dtype and torch.allclose(rounded, out, rtol=1e-2, atol=1e-2)

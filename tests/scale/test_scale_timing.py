@@ -23,12 +23,13 @@ def test_interleaved_rounds_alternate_and_stop_once_the_interval_is_narrow():
             time.sleep(seconds)
         return run
 
-    out = interleaved({"a": fn("a", 0.002), "b": fn("b", 0.004)}, "a", min_repeats=4, max_repeats=60,
-                      max_seconds=10, width=0.5)
+    # sleeps of 10 and 30 ms: a loaded machine adds wake-up delays to both, so the ratio is near, not at, 3
+    out = interleaved({"a": fn("a", 0.01), "b": fn("b", 0.03)}, "a", min_repeats=4, max_repeats=60,
+                      max_seconds=10, width=1.0)
     assert out["clock"] == "wall" and out["ci_ok"] and 4 <= out["repeats"] < 60
     r = out["ratios"]["b"]
-    assert 1.5 < r["ratio"] < 2.6 and r["ci95"][0] <= r["ratio"] <= r["ci95"][1]
-    assert r["ci95"][1] - r["ci95"][0] < 0.5
+    assert 1.8 < r["ratio"] < 3.6 and r["ci95"][0] <= r["ratio"] <= r["ci95"][1]
+    assert r["ci95"][1] - r["ci95"][0] < 1.0
     rounds = [calls[i:i + 2] for i in range(2, len(calls), 2)]  # after the warm-up calls
     assert ["a", "b"] in rounds and ["b", "a"] in rounds  # neither always runs first
     assert len(out["times_ms"]["a"]) == len(out["times_ms"]["b"]) == out["repeats"]

@@ -116,6 +116,7 @@ def test_cache_dtype_study_builds_each_cache_as_asked(tmp_path, no_full_collecti
     out = cache_dtype(cfg, tmp_path)
     row = out["seeds"]["0"]
     assert row["fp32"]["cache_dtypes_built"] == ["fp32", "fp32"]  # training and validation caches
+    assert row["fp32_repeat"]["cache_dtypes_built"] == ["fp32", "fp32"]
     for dtype in ("fp16", "bf16"):
         assert row[dtype]["cache_dtypes_built"] == [dtype, dtype]
         change = row[dtype]["vs_fp32"]["dice"]

@@ -9,8 +9,9 @@ build plus one epoch of shuffled lookups, and the store's bytes.
 
 `cache_dtype`: one deployed U-Net (ERM) on the misused-cue benchmark (`spurious`, strength 1.5); APPLE
 fitted per seed with the cache stored in fp32, fp16 and bf16 (everything else equal, computation in
-fp32); the selected patches' test Dice and Dice gap compared, fp16/bf16 against fp32, with paired
-bootstrap intervals (`workflows.evaluate.evaluate_change`).
+fp32), and once more in fp32 (`fp32_repeat`: a second identical run, the control that tells a dtype
+effect from run-to-run nondeterminism); the selected patches' test Dice and Dice gap compared with the
+first fp32 run's, with paired bootstrap intervals (`workflows.evaluate.evaluate_change`).
 """
 
 from __future__ import annotations
@@ -133,29 +134,30 @@ def cache_dtype(cfg: BenchConfig, work: Path, quiet: bool = True, dtypes: tuple[
     out: dict = {"model": "unet (tiny)" if cfg.tiny else "unet", "benchmark": "nodules, spurious, strength 1.5",
                  "images": {k: len(v) for k, v in split.items()}, "image_size": cfg.size, "epochs": cfg.dtype_epochs,
                  "deployed": _frame(deployed.frame), "seeds": {}}
+    arms = (*dtypes, "fp32_repeat")  # the repeat: how far a second, identical fp32 run lands (determinism)
     for seed in cfg.dtype_seeds:
         fits = {}
-        for dtype in ("fp32", *dtypes):
+        for arm in ("fp32", *arms):
+            dtype = arm.removesuffix("_repeat")
             acfg = AppleConfig(epochs=cfg.dtype_epochs, batch_size=cfg.batch_size, seed=seed, cache="memory",
                                cache_dtype=dtype, precision="fp32", augment=False)
             with cache_stored_as(dtype) as built:
-                fits[dtype] = fit_method(get_method("apple"), net, spec, split, groups, acfg, quiet=quiet)
-            fits[dtype].extra["cache_dtypes_built"] = list(built)
+                fits[arm] = fit_method(get_method("apple"), net, spec, split, groups, acfg, quiet=quiet)
+            fits[arm].extra["cache_dtypes_built"] = list(built)
         row = {"fp32": {"selected_epoch": fits["fp32"].selected_epoch,
                         "cache_dtypes_built": fits["fp32"].extra["cache_dtypes_built"]}}
-        for dtype in dtypes:  # paired: the fp32-cache patch as "before", the half-precision one as "after"
-            ev = evaluate_change(fits[dtype].model, split["test"], groups, deployed=fits["fp32"].model,
+        for arm in arms:  # paired: the fp32-cache patch as "before", the other one as "after"
+            ev = evaluate_change(fits[arm].model, split["test"], groups, deployed=fits["fp32"].model,
                                  leakage=False, bootstrap=1000, seed=seed)
             row["fp32"].update(_frame(ev.before_frame))
-            row[dtype] = {**_frame(ev.frame), "selected_epoch": fits[dtype].selected_epoch,
-                          "cache_dtypes_built": fits[dtype].extra["cache_dtypes_built"],
-                          "vs_fp32": _change(ev.paired)}
+            row[arm] = {**_frame(ev.frame), "selected_epoch": fits[arm].selected_epoch,
+                        "cache_dtypes_built": fits[arm].extra["cache_dtypes_built"], "vs_fp32": _change(ev.paired)}
         out["seeds"][str(seed)] = row
-    for dtype in dtypes:
-        diffs = [r[dtype]["vs_fp32"] for r in out["seeds"].values()]
-        out[f"{dtype}_minus_fp32"] = {k: {"per_seed": [d[k]["diff"] for d in diffs],
-                                          "max_abs": max(abs(d[k]["diff"]) for d in diffs)}
-                                      for k in ("dice", "dice_gap")}
+    for arm in arms:
+        diffs = [r[arm]["vs_fp32"] for r in out["seeds"].values()]
+        out[f"{arm}_minus_fp32"] = {k: {"per_seed": [d[k]["diff"] for d in diffs],
+                                        "max_abs": max(abs(d[k]["diff"]) for d in diffs)}
+                                    for k in ("dice", "dice_gap")}
     return out
 
 

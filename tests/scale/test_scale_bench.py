@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -45,18 +46,25 @@ def test_repeated_manifest_has_unique_ids_and_shared_files(tiny_manifest):
 
 
 def test_inference_overhead_tiny_unet():
-    out = inference_overhead("unet", size=32, repeats=1, tiny=True, widths=(8, 32))
+    out = inference_overhead("unet", size=32, repeats=3, tiny=True, widths=(8, 32), max_seconds=2.0)
     assert out["deployed_params"] > 0 and out["perturber_params"] > 0
     assert out["params_ratio"] == pytest.approx(out["perturber_params"] / out["deployed_params"], rel=1e-3)
     assert out["params_ratio_by_width"]["8"] < out["params_ratio_by_width"]["32"]
     # the default perturber is sized to the model: within 5% of its parameters (or the smallest option)
     assert out["perturber"]["config"] == "auto"
-    assert out["params_ratio"] <= 0.05 or out["perturber"] == {"kind": "conv", "width": 4, "config": "auto"}
+    assert out["params_ratio"] <= 0.05 or (out["perturber"]["kind"], out["perturber"]["width"]) == ("conv", 4)
     assert out["flops_ratio"] > 1.0 and out["conv_w8"]["flops_ratio"] > 1.0  # counted, so exact
+    assert out["clock"] == "wall" and out["threads"] == torch.get_num_threads()
     for b in (1, 16):
-        lat = out[f"latency_ms_b{b}"]
+        lat, timed = out[f"latency_ms_b{b}"], out[f"latency_b{b}"]
         assert lat["deployed"] > 0 and lat["mitigated"] > 0
-        assert out[f"latency_ratio_b{b}"] == pytest.approx(lat["mitigated"] / lat["deployed"], rel=0.01)
+        # deployed, mitigated and the smallest option timed in the same interleaved rounds
+        assert set(timed["times_ms"]) == {"deployed", "mitigated", "conv_w8"} and timed["repeats"] >= 3
+        assert all(len(v) == timed["repeats"] for v in timed["times_ms"].values())
+        assert out[f"latency_ratio_b{b}"] == pytest.approx(
+            np.median(timed["times_ms"]["mitigated"]) / np.median(timed["times_ms"]["deployed"]), rel=0.01)
+        lo, hi = out[f"latency_ratio_b{b}_ci95"]
+        assert lo <= out[f"latency_ratio_b{b}"] <= hi
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@ test_scale_distributed.py)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import WeightedRandomSampler
@@ -54,6 +55,21 @@ def test_sharded_order_is_the_one_process_loader_and_keeps_generators_in_step():
         torch.empty((), dtype=torch.int64).random_(generator=ref_gen)  # a DataLoader draws its workers' seed first
         assert got == list(ref.global_batches())
     assert torch.rand(1, generator=gen).item() == torch.rand(1, generator=ref_gen).item()
+
+
+def test_sharded_order_includes_every_sample_uniformly():
+    """In expectation the same as the global reshuffle: each pass uses every sample once, and a sample
+    is in any given batch with probability B / n (so every step's expected gradient is the full one)."""
+    n, b, passes = 24, 8, 3000
+    sampler = ShardedBatchSampler(n, b, 4, generator=torch.Generator().manual_seed(0))
+    counts = np.zeros((n, n // b))
+    for _ in range(passes):
+        batches = list(sampler.global_batches())
+        assert sorted(i for batch in batches for i in batch) == list(range(n))
+        for k, batch in enumerate(batches):
+            counts[batch, k] += 1
+    share = counts / passes
+    assert np.abs(share - b / n).max() < 0.04  # 3 sd of a binomial share at 3,000 passes: 0.026
 
 
 def test_bad_shard_settings_are_input_errors():
@@ -145,10 +161,13 @@ def test_cache_delivers_on_the_gpu_from_any_store(store, tmp_path, tiny_manifest
     if store == "cpu":  # a cache too large for the GPU stays on the CPU
         monkeypatch.setattr(cache_mod, "_home", lambda *_a: torch.device("cpu"))
     folder = tmp_path / "c" if store == "disk" else None
-    gpu = LatentCache.build(net, [spec.site], train, batch_size=8, folder=folder)
-    assert gpu.device.type == "cuda"
+    gpu = LatentCache.build(net, [spec.site], train, batch_size=8, folder=folder, dtype="fp32")
+    half = LatentCache.build(net, [spec.site], train, batch_size=8, folder=folder)  # auto: bf16 (or fp16) on a GPU
+    assert gpu.device.type == half.device.type == "cuda" and half.dtype in ("bf16", "fp16")
     idx = torch.tensor([3, 0, 5])
     for name in gpu.names:
         out = gpu.lookup(name, idx)
         assert out.device.type == "cuda"
         assert torch.allclose(out.cpu(), ref.lookup(name, idx), atol=1e-4)
+        rounded = half.lookup(name, idx)
+        assert rounded.dtype == out.dtype and torch.allclose(rounded, out, rtol=1e-2, atol=1e-2)

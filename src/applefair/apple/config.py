@@ -103,6 +103,13 @@ class AppleConfig(Settings):
     # 0: every process caches the whole training split (N processes == 1 process); K > 0: the
     # shard-stratified batch order over K shards, each of N processes caches only its 1/N (K % N == 0)
     cache_shards: int = Field(0, ge=0)
+    # storage dtype of the cached latents (lookups are cast back): auto = bf16 (fp16 where the GPU lacks bf16)
+    # on GPUs, fp32 on the CPU
+    cache_dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
+    # the on-disk store's folder (default: the run folder's latent_cache/); stores are keyed by the deployed
+    # weights, the data, the sites, the dtype and the samples held, so runs naming one folder reuse them.
+    # With cache auto, a folder given here means the cache goes to disk
+    cache_dir: str | None = None
     augment: bool = False  # random horizontal flips (disables the cache)
     # autocast of the game's forward passes: auto = bf16 on GPUs that have it, else fp32 (the CPU)
     precision: Literal[GAME_PRECISIONS] = "auto"

@@ -33,17 +33,23 @@ def bench(
     device: str = typer.Option(None, "--device", help="auto (a GPU when there is one), cpu, cuda or cuda:N "
                                                        "(default auto)."),
     only: str = typer.Option(None, "--only", help="Comma-separated sections to measure: mitigation, inference, "
-                                                  "dataset_size, image_size, evaluation (default: all)."),
+                                                  "dataset_size, image_size, evaluation, realistic, cache_memory, "
+                                                  "cache_dtype (default: all; --quick: the first five)."),
     sizes: str = typer.Option(None, "--sizes", help="Comma-separated data-set sizes of the scaling rows "
                                                     "(default 1000,4000,16000; quick 256,512,1024)."),
+    threads: int = typer.Option(None, "--threads", help="torch threads for every measurement (default 1; "
+                                                        "recorded in bench.json)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress output."),
 ) -> None:
     """Measure APPLE's cost against retraining baselines, its inference overhead, scaling and evaluation speed.
 
     Writes bench.json (mitigation_cost_ratio, inference_latency_ratio, params_ratio, scaling,
-    evaluation) and bench.md (the same as tables). A benchmark, not a test: numbers depend on the machine.
+    evaluation, realistic, cache_memory, cache_dtype) and bench.md (the same as tables). A benchmark,
+    not a test: numbers depend on the machine.
 
     Example: applefair bench --quick --out runs/bench-quick
+
+    Example: applefair bench --only realistic --out runs/bench-realistic
 
     Example: applefair bench --only dataset_size --sizes 4000,16000 --out runs/bench-scaling
     """
@@ -57,7 +63,7 @@ def bench(
     from applefair.workflows.bench.tables import tables
 
     st = resolve_settings(BenchSettings, config, quick=quick, seed=seed, device=device,
-                          only=_csv(only, "--only", str), dataset_sizes=_csv(sizes, "--sizes", int))
+                          only=_csv(only, "--only", str), dataset_sizes=_csv(sizes, "--sizes", int), threads=threads)
     cfg = st.bench_config(str(resolve_device(st.device)))
     check_out(out)
 

@@ -1,4 +1,4 @@
-"""Atomic file writing, safe checkpoint I/O and state-dict hashing.
+"""Atomic file writing, safe checkpoint I/O, state-dict hashing and the fingerprints of a model and a data set.
 
 Every file a run writes goes through these helpers, so that a killed process never
 leaves a half-written file behind (write to a temporary file, then rename).
@@ -264,4 +264,40 @@ def folder_hash(path: str | os.PathLike) -> str:
     for p in sorted(q for q in root.rglob("*") if q.is_file()):
         h.update(str(p.relative_to(root)).encode())
         h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def model_fingerprint(net: torch.nn.Module) -> str:
+    """SHA-256 of the weights (`state_dict_hash`), the architecture (`repr`) and every module's plain
+    settings (input size, normalisation, ...): what the frozen encoder's outputs depend on."""
+    h = hashlib.sha256(state_dict_hash(net).encode())
+    h.update(repr(net).encode())
+    for name, mod in net.named_modules():
+        plain = {k: v for k, v in vars(mod).items() if not k.startswith("_") and k != "training"
+                 and isinstance(v, (str, int, float, bool, tuple))}
+        h.update(f"{name}:{sorted(plain.items())!r}".encode())
+    return h.hexdigest()
+
+
+def data_fingerprint(dataset) -> str:
+    """SHA-256 of what the samples are: the dataset's own `fingerprint()` if it has one; for a manifest
+    dataset its rows' files (path, size, modification time), resizing and loading options (cheap, no
+    decoding); otherwise every image's bytes (one pass over the data)."""
+    own = getattr(dataset, "fingerprint", None)
+    if callable(own):
+        return str(own())
+    h = hashlib.sha256(f"{type(dataset).__name__}:{len(dataset)}".encode())
+    frame = getattr(dataset, "frame", None)
+    cols = [c for c in ("image_path", "mask_path", "image_key", "mask_key", "slice", "axis")
+            if frame is not None and c in frame.columns]
+    if "image_path" in cols:
+        h.update(frame[cols].to_csv(index=False).encode())
+        for p in frame["image_path"].tolist() + (frame["mask_path"].tolist() if "mask_path" in cols else []):
+            st = os.stat(p)
+            h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+        options = getattr(dataset, "options", None)
+        h.update(repr((getattr(dataset, "size", None), options.to_dict() if options is not None else None)).encode())
+        return h.hexdigest()
+    for i in range(len(dataset)):
+        h.update(dataset[i]["image"].detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()

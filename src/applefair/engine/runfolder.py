@@ -62,6 +62,10 @@ RESULTS_MD = "results.md"
 COMPARE_LOG = "compare.log"
 BENCH_JSON = "bench.json"
 BENCH_MD = "bench.md"
+# an on-disk array store (the latent cache; engine.arraystore), one folder per key
+STORE_META = "store.json"
+STORE_FILLED = "filled.npy"
+STORE_LOCK = "build.lock"
 
 # sub-folders
 DATA = "data"

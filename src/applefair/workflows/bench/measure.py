@@ -58,6 +58,10 @@ class Measure:
         while not self._stop.wait(0.005):
             self.peak_mb = max(self.peak_mb, rss_mb())
 
+    def seconds_so_far(self) -> float:
+        """Wall seconds since the block started (a split time inside it)."""
+        return time.perf_counter() - self._t0
+
     def __exit__(self, *exc) -> None:
         if torch.cuda.is_available():
             torch.cuda.synchronize()

@@ -1,12 +1,10 @@
-"""The workloads `applefair bench` times: mitigation (APPLE vs retraining), inference overhead,
-APPLE epochs vs data-set and image size, and evaluation throughput."""
+"""The workloads `applefair bench` times: mitigation (APPLE vs retraining), APPLE epochs vs data-set and
+image size, and evaluation throughput (inference overhead: `latency`; SAM ViT-B scale: `realistic`)."""
 
 from __future__ import annotations
 
-import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -15,10 +13,10 @@ import torch
 from applefair.data.groups import GroupSpec
 from applefair.data.manifest import SegmentationDataset, read_manifest
 from applefair.data.synthetic import generate
-from applefair.engine.device import to_device
 from applefair.engine.io import write_csv
 from applefair.engine.runfolder import MANIFEST
 from applefair.workflows.bench.config import BenchConfig
+from applefair.workflows.bench.latency import inference_overhead  # noqa: F401 - re-exported (bench scripts)
 from applefair.workflows.bench.measure import Measure, attempt
 
 # ----------------------------------------------------------------------------- data
@@ -104,109 +102,7 @@ def mitigation_cost(cfg: BenchConfig, work: Path, model: str = "unet", tiny: boo
 
 
 # ----------------------------------------------------------------------------- 2. inference overhead
-
-
-def _median_latency(fn: Callable[[], object], repeats: int, cuda: bool = False) -> float:
-    """Median seconds of `fn` after a warm-up call. On CPU this is the process's CPU time: with one
-    compute thread it equals wall time on an idle machine and is barely moved by other load (the
-    wall time of small calls is, heavily). On CUDA it is wall time after synchronising."""
-    clock = time.perf_counter if cuda else time.process_time
-    fn()  # warm-up (allocations, lazy init, cuDNN autotuning)
-    if cuda:
-        torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        t0 = clock()
-        fn()
-        if cuda:
-            torch.cuda.synchronize()
-        times.append(clock() - t0)
-    return statistics.median(times)
-
-
-def _flops(fn: Callable[[], object]) -> int:
-    """Floating-point operations of one call, counted by torch (convolutions, matmuls): a cost that,
-    unlike latency on a shared machine, does not depend on the load."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return int(counter.get_total_flops())
-
-
-def _blob_batch(b: int, size: int, seed: int, device: torch.device | str = "cpu") -> dict:
-    """Random images with a disc mask each (SAM-like models derive their prompts from the mask)."""
-    g = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-    mask = (((yy - size / 2) ** 2 + (xx - size / 2) ** 2) < (size / 5) ** 2).float()
-    batch = {"image": torch.rand(b, 1, size, size, generator=g), "mask": mask.expand(b, 1, size, size).clone(),
-             "group": torch.zeros(b, dtype=torch.long), "index": torch.arange(b)}
-    return to_device(batch, torch.device(device))
-
-
-def inference_overhead(name: str, size: int, repeats: int, tiny: bool = False, seed: int = 0,
-                       widths: tuple[int, ...] = (8, 16, 32), device: str = "cpu", **args) -> dict:
-    """Latency (batch 1 and 16) and parameters of the deployed model vs the model with APPLE's
-    default perturber at the model's default site; parameters also for smaller widths."""
-    from applefair.apple.config import AppleConfig
-    from applefair.apple.patch import PatchedSegmentor, perturbers_for
-    from applefair.models.forward import segment
-    from applefair.models.registry import create_segmentor
-
-    dev = torch.device(device)
-    cuda = dev.type == "cuda"
-    torch.manual_seed(seed)
-    net, spec = create_segmentor(name, tiny=tiny, **args)
-    net.to(dev).eval()
-    cfg = AppleConfig()
-    example = _blob_batch(2, size, seed, dev)
-    extra = {"global_branch": cfg.global_branch, "num_res_blocks": cfg.res_blocks}
-    deployed_params = sum(p.numel() for p in net.parameters())
-    small = {}
-    for w in widths:  # the paper's U shape at each width
-        pert = perturbers_for(net, [spec.site], example, w, "unet", **extra)
-        small[str(w)] = round(sum(p.numel() for m in pert.values() for p in m.parameters()) / deployed_params, 5)
-    perturbers = {k: m.to(dev) for k, m in perturbers_for(net, [spec.site], example, cfg.width, cfg.perturber,
-                                                           cfg.max_params_ratio, **extra).items()}
-    chosen = perturbers[spec.site].spec()
-    out = {"model": name, "args": spec.args, "tiny": tiny, "site": spec.site, "image_size": size, "device": str(dev),
-           "perturber": {"kind": chosen["kind"], "width": chosen["width"], "config": cfg.perturber},
-           "deployed_params": deployed_params}
-    batches = {b: _blob_batch(b, size, seed, dev) for b in (1, 16)}
-    with torch.no_grad():
-        base = {b: _median_latency(lambda b=b: segment(net, batches[b]), repeats, cuda) for b in batches}
-        flops = {"deployed": _flops(lambda: segment(net, batches[1]))}
-        patched = PatchedSegmentor(net, perturbers).eval()
-        try:
-            mitigated = {b: _median_latency(lambda b=b: segment(patched, batches[b]), repeats, cuda) for b in batches}
-            flops["mitigated"] = _flops(lambda: segment(patched, batches[1]))
-        finally:
-            patched.remove()
-        # the smallest option: two 3x3 convs of width 8 (`perturber: conv, width: 8`)
-        tiny_pert = {k: m.to(dev) for k, m in perturbers_for(net, [spec.site], example, 8, "conv",
-                                                              global_branch=False).items()}
-        small_patched = PatchedSegmentor(net, tiny_pert).eval()
-        try:
-            small_lat = {b: _median_latency(lambda b=b: segment(small_patched, batches[b]), repeats, cuda)
-                         for b in batches}
-            flops["conv_w8"] = _flops(lambda: segment(small_patched, batches[1]))
-        finally:
-            small_patched.remove()
-    pert_params = sum(p.numel() for p in patched.perturbers.parameters())
-    for b in batches:
-        out[f"latency_ms_b{b}"] = {"deployed": round(base[b] * 1e3, 3), "mitigated": round(mitigated[b] * 1e3, 3)}
-        out[f"latency_ratio_b{b}"] = round(mitigated[b] / base[b], 4)
-    out["perturber_params"] = pert_params
-    out["params_ratio"] = round(pert_params / deployed_params, 5)
-    out["params_ratio_by_width"] = small
-    conv8 = sum(p.numel() for m in tiny_pert.values() for p in m.parameters())
-    if flops["deployed"]:
-        out["flops_b1"] = flops
-        out["flops_ratio"] = round(flops["mitigated"] / flops["deployed"], 5)
-    out["conv_w8"] = {"params_ratio": round(conv8 / deployed_params, 5),
-                      "flops_ratio": round(flops["conv_w8"] / flops["deployed"], 5) if flops["deployed"] else None,
-                      **{f"latency_ratio_b{b}": round(small_lat[b] / base[b], 4) for b in batches}}
-    return out
+# (applefair.workflows.bench.latency)
 
 
 # ----------------------------------------------------------------------------- 3. scaling

@@ -235,8 +235,6 @@ def test_nothing_to_cache_is_its_own_error():
         LatentCache.build(Shared(), ["twice"], Images(2))
 
 
-@pytest.mark.xfail(strict=True, reason="train_apple builds its caches without cache_dtype / cache_dir; "
-                                       "it should call apple.cache.build_caches")
 def test_train_apple_stores_its_cache_as_configured(tmp_path, apple_setup):
     from applefair.apple.config import AppleConfig
     from applefair.apple.trainer import train_apple

@@ -19,16 +19,16 @@ from pathlib import Path
 
 from torch import nn
 
-from applefair.apple.cache import LatentCache
+from applefair.apple.cache import LatentCache, build_caches
 from applefair.apple.checkpoint import load_checkpoint, save_checkpoint
 from applefair.apple.config import AppleConfig
 from applefair.apple.game import build_game, decoder_inputs, perturber_snapshot, play_epoch
 from applefair.apple.patch import PatchedSegmentor
 from applefair.data.groups import GroupSpec
 from applefair.data.manifest import SegmentationDataset
-from applefair.engine import distributed, samplers
+from applefair.engine import distributed
 from applefair.engine.progress import progress_bar
-from applefair.engine.runfolder import CHECKPOINT, LATENT_CACHE
+from applefair.engine.runfolder import CHECKPOINT
 from applefair.engine.seeding import seed_everything
 from applefair.errors import InputError
 from applefair.metrics.evaluate import score
@@ -75,18 +75,6 @@ def _row(frame: MetricFrame, auc: float) -> dict:
     return {"val_dice": frame.dice, "val_es_dice": selection_score(frame), "val_gap": frame.gap(), "probe_auc": auc}
 
 
-def _build_cache(patched: PatchedSegmentor, sites: list[str], dataset: SegmentationDataset, cfg: AppleConfig,
-                 folder: Path | None, indices: list[int] | None) -> LatentCache | None:
-    """The frozen encoder's outputs on `dataset` (None where nothing can be cached and cache is 'auto')."""
-    try:
-        with patched.disabled():
-            return LatentCache.build(patched.net, sites, dataset, folder=folder, indices=indices)
-    except ValueError:
-        if cfg.cache != "auto":
-            raise
-        return None
-
-
 def train_apple(net: nn.Module, default_site: str, train: SegmentationDataset, val: SegmentationDataset,
                 groups: GroupSpec, cfg: AppleConfig, quiet: bool = False, head: str = "sigmoid",
                 run_dir: str | os.PathLike | None = None, resume: bool = False,
@@ -104,16 +92,7 @@ def train_apple(net: nn.Module, default_site: str, train: SegmentationDataset, v
     sites = list(cfg.sites or (inputs if cfg.perturb == "all" else [default_site]))
     game = build_game(net, sites, inputs, train, groups, cfg, head, gen)
     patched = game.patched
-    val_cache = None
-    if cfg.cache != "off" and not cfg.augment:
-        folder = Path(run_dir) / LATENT_CACHE if (cfg.cache == "disk" and run_dir) else None
-        # sharded: this rank's training samples only; every rank validates on the whole val split
-        game.cache = _build_cache(patched, sites, train, cfg, folder,
-                                  samplers.shard_indices(len(train)) if cfg.cache_shards else None)
-        if game.cache is not None:
-            val_cache = _build_cache(patched, sites, val, cfg, folder / "val" if folder else None, None)
-            log.info("latent cache: %s (%.1f MB train, %.1f MB val)", game.cache.names,
-                     game.cache.nbytes() / 2**20, val_cache.nbytes() / 2**20 if val_cache else 0.0)
+    game.cache, val_cache = build_caches(patched, sites, train, val, cfg, run_dir)
 
     ckpt = Path(run_dir) / CHECKPOINT if run_dir else None
     optims = {"g": game.opt_g, "d": game.opt_d}

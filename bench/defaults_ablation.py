@@ -110,6 +110,8 @@ def _numbers(ev, groups) -> dict:
     if ev.leakage:
         out["auc"] = {s: v.get("auc_after", v.get("auc_before")) for s, v in ev.leakage.items()}
         out["mlp_auc"] = {s: v.get("mlp_auc_after", v.get("mlp_auc_before")) for s, v in ev.leakage.items()}
+        out["spatial_auc"] = {s: v.get("spatial_auc_after", v.get("spatial_auc_before"))
+                              for s, v in ev.leakage.items()}
     return out
 
 
@@ -222,6 +224,9 @@ def runs_table(rows: list[dict], at: str = "selected") -> pd.DataFrame:
                      "dice_change": 100 * ch.get("dice", float("nan")), "selected_epoch": r["selected_epoch"],
                      "auc_before": np.nanmean(list(b.get("auc", {}).values()) or [np.nan]),
                      "auc_after": np.nanmean(list(s.get("auc", {}).values()) or [np.nan]),
+                     # the highest spatial-probe AUC over the decoder inputs (recorded from this version on)
+                     "spatial_auc_after": max([v for v in s.get("spatial_auc", {}).values() if v is not None]
+                                              or [float("nan")]),
                      "meets": bool(reduction >= TARGET["gap_reduction"] and ci[1] < 0
                                    and ch.get("dice", -1) >= -TARGET["dice_drop"]),
                      "widened": bool(ci[0] > 0), "patch_params": r["patch_params"],
@@ -233,10 +238,12 @@ def summary(runs: pd.DataFrame) -> pd.DataFrame:
     recs = []
     for (model, bench, variant), sub in runs.groupby(["model", "bench", "variant"], sort=False):
         rec = {"model": model, "bench": bench, "variant": variant, "n": len(sub)}
-        for col in ("gap_before", "gap_after", "gap_reduction", "dice_change", "auc_after", "selected_epoch"):
+        for col in ("gap_before", "gap_after", "gap_reduction", "dice_change", "auc_after", "spatial_auc_after",
+                    "selected_epoch"):
             v = sub[col].to_numpy(float)
+            v = v[np.isfinite(v)] if col == "spatial_auc_after" else v
             lo, hi = _t_ci(v)
-            rec[col] = float(v.mean())
+            rec[col] = float(v.mean()) if len(v) else float("nan")
             rec[f"{col}_ci"] = [lo, hi]
         rec["meets"] = f"{int(sub['meets'].sum())}/{len(sub)}"
         rec["widened"] = f"{int(sub['widened'].sum())}/{len(sub)}"
@@ -246,7 +253,7 @@ def summary(runs: pd.DataFrame) -> pd.DataFrame:
 
 def markdown(summ: pd.DataFrame, title: str) -> str:
     head = ["model", "bench", "variant", "n", "gap ERM", "gap APPLE", "reduction %", "Dice change", "probe AUC after",
-            "sel. epoch", "seeds meeting target", "seeds widened"]
+            "spatial AUC after (max)", "sel. epoch", "seeds meeting target", "seeds widened"]
     lines = [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
     def f(r, c, d=1):
@@ -255,7 +262,8 @@ def markdown(summ: pd.DataFrame, title: str) -> str:
     for _, r in summ.iterrows():
         lines.append("| " + " | ".join([r["model"], r["bench"], r["variant"], str(r["n"]), f(r, "gap_before"),
                                         f(r, "gap_after"), f(r, "gap_reduction", 0), f(r, "dice_change"),
-                                        f(r, "auc_after", 2), f(r, "selected_epoch"), r["meets"], r["widened"]])
+                                        f(r, "auc_after", 2), f(r, "spatial_auc_after", 2), f(r, "selected_epoch"),
+                                        r["meets"], r["widened"]])
                      + " |")
     return "\n".join(lines) + "\n"
 

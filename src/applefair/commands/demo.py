@@ -14,8 +14,9 @@ out_console = Console()
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Run folder to write."),
     quick: bool = typer.Option(None, "--quick", help="Small, fast version (about a minute on 2 cores; "
-                                                      "the full one takes about five)."),
+                                                      "the full one takes about two)."),
     seed: int = typer.Option(None, "--seed", help="Seed for data, training and APPLE (default 0)."),
+    model: str = typer.Option(None, "--model", help="The deployed model: sam (tiny SAM-like, the default) or unet."),
     bias: str = typer.Option(None, "--bias", help="Run one case on this bias mechanism instead of the two cases "
                                                   "(misused cue: spurious; difficulty: contrast)."),
     config: Path = typer.Option(None, "--config", help="YAML settings (keys as in `DemoSettings`, docs/cli.md); "
@@ -37,7 +38,8 @@ def demo(
     from applefair.metrics.outcome import explain_use
     from applefair.workflows.demo import DemoSettings, run_demo
 
-    settings = resolve_settings(DemoSettings, config, quick=quick, seed=seed, bias=bias, device=device)
+    settings = resolve_settings(DemoSettings, config, quick=quick, seed=seed, model=model, bias=bias,
+                                 device=device)
     result = run_demo(out, settings, quiet=quiet)
     table = Table(title="APPLE on the test split: before → after, in Dice points (gap change: paired 95% CI)")
     for col in ("case", "Dice", "gap", "gap change", "outcome"):

@@ -6,8 +6,9 @@ whatever carries the mark; `spurious`) and a *difficulty-type gap* (the minority
 and noisier: information is missing from its images; `contrast`). A latent patch can remove the first
 and can only do nothing for the second; the use measure tells the two apart before any patch is fitted.
 
-Each case composes the other use cases' steps: generate data -> train the deployed U-Net (ERM, `train`)
--> freeze it and fit APPLE at its bottleneck (`mitigate`) -> evaluate both models with the paired change,
+Each case composes the other use cases' steps: generate data -> train the deployed model (ERM, `train`; the
+tiny SAM-like model by default, `model: unet` for a U-Net) -> freeze it and fit APPLE with its shipped defaults
+at the model's site (`mitigate`) -> evaluate both models with the paired change,
 leakage at every decoder input and the use measure (`evaluate`) -> check the frozen weights -> report.
 The cases run in parallel processes (one thread each) on a CPU, one after another on a GPU.
 """
@@ -21,6 +22,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -46,13 +48,23 @@ from applefair.workflows.train import build_model, train_deployed
 
 log = logging.getLogger("applefair")
 BOOTSTRAP = 1000  # resamples for every confidence interval of the demo
-FULL = {"n": 800, "size": 96, "erm_epochs": 30, "erm_lr": 3e-3, "apple_epochs": 20, "channels": [16, 32, 64, 128]}
-QUICK = {**FULL, "n": 240, "size": 64, "erm_epochs": 15, "erm_lr": 5e-3, "apple_epochs": 4}
-# case name -> the synthetic benchmark it runs on (docs/data.md); fixed before any demo result was seen
+# sizes per model and mode. The SAM-like model's full demo is one cell of the defaults ablation (docs/ablation.md:
+# 500 images at 64 px, ERM 30 epochs, APPLE 15 epochs, bias strength 1.5), whose 3 seeds are measured there
+SIZES: dict[str, dict[str, dict]] = {
+    "sam": {"full": {"n": 500, "size": 64, "erm_epochs": 30, "erm_lr": 2e-3, "apple_epochs": 15},
+            "quick": {"n": 300, "size": 64, "erm_epochs": 20, "erm_lr": 2e-3, "apple_epochs": 8}},
+    "unet": {"full": {"n": 800, "size": 96, "erm_epochs": 30, "erm_lr": 3e-3, "apple_epochs": 20,
+                      "channels": [16, 32, 64, 128]},
+             "quick": {"n": 240, "size": 64, "erm_epochs": 15, "erm_lr": 5e-3, "apple_epochs": 4,
+                       "channels": [16, 32, 64, 128]}},
+}
+DEMO_MODELS = {"sam": "a SAM-like model (ViT image encoder, SAM prompt encoder and mask decoder, tiny)",
+               "unet": "a MONAI U-Net"}
+# case name -> the synthetic benchmark it runs on (docs/data.md), at the defaults ablation's strength
 CASES: dict[str, dict] = {
     "misused_cue": {"bias": "spurious", "strength": 1.5,
                     "title": "Misused cue: the group is marked in the images and the model misuses the mark"},
-    "difficulty": {"bias": "contrast", "strength": 1.0,
+    "difficulty": {"bias": "contrast", "strength": 1.5,
                    "title": "Difficulty: the minority's lesions are fainter, information is missing"},
 }
 
@@ -60,7 +72,9 @@ CASES: dict[str, dict] = {
 class DemoSettings(Settings):
     """Settings of `applefair demo` (the built-in synthetic benchmark)."""
 
-    quick: bool = Field(False, description="Small, fast version (about a minute on 2 cores; full: about five).")
+    model: Literal[tuple(SIZES)] = Field("sam", description="The deployed model: sam (a tiny SAM-like model, "
+                                                             "box prompts from the mask) or unet.")
+    quick: bool = Field(False, description="Small, fast version (about a minute on 2 cores; full: about two).")
     n: int | None = Field(None, gt=0, description="Number of synthetic images per case (default 800, quick 240).")
     size: int | None = Field(None, ge=16, description="Image side in pixels (default 96, quick 64).")
     bias: str | None = Field(None, description="Run one case on this bias mechanism instead of the two cases "
@@ -77,7 +91,7 @@ class DemoSettings(Settings):
 
     def resolved(self) -> DemoSettings:
         """Every size filled in: the quick or the full defaults where nothing was given."""
-        base = QUICK if self.quick else FULL
+        base = SIZES[self.model]["quick" if self.quick else "full"]
         return self.replace(**{k: v if getattr(self, k) is None else getattr(self, k) for k, v in base.items()})
 
     def cases(self) -> dict[str, dict]:
@@ -172,7 +186,8 @@ def _run_case(folder: Path, st: DemoSettings, name: str, case: dict, quiet: bool
         groups = GroupSpec("sex").fit(frame)
         split = {s: SegmentationDataset(frame, groups, s) for s in ("train", "val", "test")}
         # train: the model to deploy
-        net, spec = build_model("unet", seed=st.seed, args={"channels": list(st.channels)})
+        args = {"variant": "tiny"} if st.model == "sam" else {"channels": list(st.channels)}
+        net, spec = build_model(st.model, seed=st.seed, args=args)
         train_deployed(net, spec, split, groups, TrainConfig(epochs=st.erm_epochs, lr=st.erm_lr, seed=st.seed,
                                                              device=st.device), quiet=quiet)
         net.eval()

@@ -62,23 +62,30 @@ def test_discriminator_rejects_one_group():
 
 
 def test_auto_perturber_is_sized_to_the_deployed_model():
-    """`perturber: auto`: the paper's U shape where it is small next to the model, else a smaller one."""
+    """`perturber: auto`: the paper's U shape, narrowed to fit the budget where a narrower one fits, else width 32
+    (never the two-conv perturber, which cost most of the effect on a small model)."""
     from applefair.apple.patch import AUTO_CANDIDATES, perturbers_for
     from applefair.models.registry import create_segmentor
 
     def params(perts):
         return sum(p.numel() for m in perts.values() for p in m.parameters())
 
+    assert {k for k, _ in AUTO_CANDIDATES} == {"unet"} and AUTO_CANDIDATES[0] == ("unet", 32)
     net, spec = create_segmentor("unet", seed=0)  # the default U-Net, 0.40 M parameters
     deployed = sum(p.numel() for p in net.parameters())
     x = torch.rand(2, 1, 64, 64)
-    auto = perturbers_for(net, [spec.site], x, kind="auto", num_res_blocks=4)
-    chosen = auto[spec.site].spec()
-    assert params(auto) <= 0.05 * deployed
-    # it is the first candidate within the budget: every larger one is over it
-    larger = AUTO_CANDIDATES[:AUTO_CANDIDATES.index((chosen["kind"], chosen["width"]))]
-    assert larger and all(params(perturbers_for(net, [spec.site], x, w, k, num_res_blocks=4)) > 0.05 * deployed
-                          for k, w in larger)
+
+    def chosen(ratio):
+        auto = perturbers_for(net, [spec.site], x, kind="auto", max_params_ratio=ratio, num_res_blocks=4)
+        return auto, (auto[spec.site].spec()["kind"], auto[spec.site].spec()["width"])
+
+    sizes = {w: params(perturbers_for(net, [spec.site], x, w, "unet", num_res_blocks=4)) for _, w in AUTO_CANDIDATES}
+    assert sizes[32] > sizes[16] > sizes[8]
+    # no U shape within 5% of this small model: width 32, the effect first
+    assert sizes[8] > 0.05 * deployed and chosen(0.05)[1] == ("unet", 32)
+    # a budget that holds width 16 but not 32 gives width 16 (the widest that fits), within the budget
+    ratio = (sizes[16] + 1) / deployed
+    auto, pick = chosen(ratio)
+    assert pick == ("unet", 16) and params(auto) <= ratio * deployed
     # a generous budget gives the paper's U shape of width 32
-    big = perturbers_for(net, [spec.site], x, kind="auto", max_params_ratio=10.0, num_res_blocks=4)
-    assert big[spec.site].spec()["kind"] == "unet" and big[spec.site].spec()["width"] == 32
+    assert chosen(10.0)[1] == ("unet", 32)

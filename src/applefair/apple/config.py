@@ -41,11 +41,11 @@ class AppleConfig(Settings):
     epochs: int = Field(30, ge=1)
     batch_size: int = Field(16, ge=1)
     # perturber G_p
-    # unet (default): the paper's U shape | conv: two 3x3 convs, both of `width` | auto: the largest of U shape
-    # w32/16/8, conv w32/16/8/4 within max_params_ratio of the deployed model's parameters (`width` ignored).
-    # The default was chosen by the defaults ablation (docs/ablation.md): on the SAM-like model the smaller
-    # perturber `auto` gave it cost most of the effect; at deployment size the U shape is 1.7-2.5% of the model
-    perturber: Literal[("auto", *KINDS)] = "unet"
+    # auto (default): the paper's U shape at width 32, 16 or 8, the widest within max_params_ratio of the
+    # deployed model's parameters, and width 32 where none is (`width` ignored) | unet: the U shape at `width` |
+    # conv: two 3x3 convs of `width`. Chosen by the defaults ablation (docs/ablation.md): on the SAM-like model
+    # the two-conv perturber an older `auto` gave small models cost most of the effect
+    perturber: Literal[("auto", *KINDS)] = "auto"
     width: int = Field(32, ge=1)
     max_params_ratio: float = Field(0.05, gt=0)
     res_blocks: int = Field(4, ge=0)

@@ -268,6 +268,37 @@ def markdown(summ: pd.DataFrame, title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def compact_table(rows: list[dict]) -> str:
+    """One row per (model, benchmark, variant): the selected epoch's gap with its t-interval over seeds, the
+    reduction per seed, the seeds meeting the target, widening at the selected and the last epoch, and the
+    probes after (docs/ablation.md)."""
+    sel_runs, last_runs = runs_table(rows, "selected"), runs_table(rows, "last")
+    summ = summary(sel_runs)
+    rank = {**{m: i for i, m in enumerate(MODELS)}, **{b: i for i, b in enumerate(BENCHES)},
+            **{v: i for i, v in enumerate(VARIANTS)}}
+    keys = zip(summ.model, summ.bench, summ.variant, strict=True)
+    summ = summ.assign(_k=[(rank[m], rank[b], rank[v]) for m, b, v in keys])
+    head = ["model", "benchmark", "variant", "seeds", "gap ERM", "gap APPLE (selected)", "reduction % per seed",
+            "Dice change", "seeds meeting", "widened (selected / last)", "gap change at last epoch",
+            "probe AUC after: logistic (mean over inputs) / spatial (max)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def ci(r, c, d=1):
+        lo, hi = r[f"{c}_ci"]
+        return f"{r[c]:.{d}f} [{lo:.{d}f}, {hi:.{d}f}]" if np.isfinite(lo) else f"{r[c]:.{d}f}"
+    for _, r in summ.sort_values("_k").iterrows():
+        key = (sel_runs.model == r.model) & (sel_runs.bench == r.bench) & (sel_runs.variant == r.variant)
+        sub, subl = sel_runs[key].sort_values("seed"), last_runs[key].sort_values("seed")
+        per = ", ".join(f"{x:.0f}" for x in sub.gap_reduction)
+        last = ", ".join(f"{a - b:+.1f}" for a, b in zip(subl.gap_after, subl.gap_before, strict=True))
+        spatial = f"{r.spatial_auc_after:.2f}" if np.isfinite(r.spatial_auc_after) else "n/a"
+        lines.append("| " + " | ".join([r.model, r.bench, r.variant, str(r.n), ci(r, "gap_before"), ci(r, "gap_after"),
+                                        per, ci(r, "dice_change"), r.meets,
+                                        f"{int(sub.widened.sum())} / {int(subl.widened.sum())}", last,
+                                        f"{r.auc_after:.2f} / {spatial}"]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def summarise(a: argparse.Namespace) -> None:
     rows = [json.loads(x) for x in (Path(a.out) / "results.jsonl").read_text().splitlines()]
     text = []
@@ -278,6 +309,7 @@ def summarise(a: argparse.Namespace) -> None:
         if a.results_prefix:
             runs.to_csv(f"{a.results_prefix}_{at}_runs.csv", index=False)
             summ.to_csv(f"{a.results_prefix}_{at}_summary.csv", index=False)
+    text.append("### Per model, benchmark and variant (the table of docs/ablation.md)\n\n" + compact_table(rows))
     print("\n".join(text))
     if a.results_prefix:
         Path(f"{a.results_prefix}_summary.md").write_text("\n".join(text))

@@ -143,3 +143,23 @@ def test_bench_options_are_checked(tmp_path):
     for args, message in cases:
         out = runner.invoke(app, ["bench", *args, "--out", str(tmp_path)])
         assert isinstance(out.exception, InputError) and message in str(out.exception), out.output
+
+
+def test_bench_settings_set_the_realistic_section(tmp_path):
+    """The realistic section's presets, epochs and rounds come from --config; an unknown preset is bad input."""
+    from applefair.engine.config import load_config
+    from applefair.errors import InputError
+    from applefair.workflows.bench import BenchSettings
+
+    p = tmp_path / "bench.yaml"
+    p.write_text("only: [realistic]\nrealistic_models: [sam_vit_b_256]\nrealistic_epochs: 4\nrealistic_repeats: 1\n"
+                 "realistic_latency_seconds: 60\n")
+    cfg = load_config(p, BenchSettings).bench_config("cpu")
+    assert (cfg.realistic_models, cfg.realistic_epochs, cfg.realistic_repeats) == (("sam_vit_b_256",), 4, 1)
+    assert cfg.realistic_latency_seconds == 60
+    assert cfg.sections == ("realistic",)
+    default = BenchSettings().bench_config("cpu")
+    assert default.realistic_epochs == 2 and len(default.realistic_models) == 2
+    p.write_text("realistic_models: [sam_vit_z]\n")
+    with pytest.raises(InputError, match="sam_vit_z"):
+        load_config(p, BenchSettings)

@@ -74,6 +74,11 @@ class BenchSettings(Settings):
     only: list[str] | None = None  # sections to measure (default: all)
     dataset_sizes: list[int] | None = None  # data-set sizes of the scaling rows (default 1k/4k/16k; quick smaller)
     threads: int | None = Field(1, ge=1)  # torch threads for every measurement (None: torch's default)
+    # the realistic section's presets, epochs and interleaved rounds (default: BenchConfig's)
+    realistic_models: list[str] | None = None
+    realistic_epochs: int | None = Field(None, ge=2)
+    realistic_repeats: int | None = Field(None, ge=1)
+    realistic_latency_seconds: float | None = Field(None, gt=0)  # time limit per preset and batch size
 
     @field_validator("only")
     @classmethod
@@ -81,6 +86,16 @@ class BenchSettings(Settings):
         bad = sorted(set(v or ()) - set(SECTIONS))
         if bad:
             raise ValueError(f"unknown section(s) {', '.join(bad)} (expected some of {', '.join(SECTIONS)})")
+        return v
+
+    @field_validator("realistic_models")
+    @classmethod
+    def _presets(cls, v: list[str] | None) -> list[str] | None:
+        from applefair.models.registry import list_presets
+
+        bad = sorted(set(v or ()) - set(list_presets()))
+        if bad:
+            raise ValueError(f"unknown preset(s) {', '.join(bad)} (expected some of {', '.join(list_presets())})")
         return v
 
     @field_validator("dataset_sizes")
@@ -99,4 +114,9 @@ class BenchSettings(Settings):
             cfg.sections = tuple(self.only)
         if self.dataset_sizes:
             cfg.dataset_sizes = tuple(self.dataset_sizes)
+        if self.realistic_models:
+            cfg.realistic_models = tuple(self.realistic_models)
+        for key in ("realistic_epochs", "realistic_repeats", "realistic_latency_seconds"):
+            if getattr(self, key) is not None:
+                setattr(cfg, key, getattr(self, key))
         return cfg

@@ -58,8 +58,6 @@ SIZES: dict[str, dict[str, dict]] = {
              "quick": {"n": 240, "size": 64, "erm_epochs": 15, "erm_lr": 5e-3, "apple_epochs": 4,
                        "channels": [16, 32, 64, 128]}},
 }
-DEMO_MODELS = {"sam": "a SAM-like model (ViT image encoder, SAM prompt encoder and mask decoder, tiny)",
-               "unet": "a MONAI U-Net"}
 # case name -> the synthetic benchmark it runs on (docs/data.md), at the defaults ablation's strength
 CASES: dict[str, dict] = {
     "misused_cue": {"bias": "spurious", "strength": 1.5,
@@ -75,15 +73,16 @@ class DemoSettings(Settings):
     model: Literal[tuple(SIZES)] = Field("sam", description="The deployed model: sam (a tiny SAM-like model, "
                                                              "box prompts from the mask) or unet.")
     quick: bool = Field(False, description="Small, fast version (about a minute on 2 cores; full: about two).")
-    n: int | None = Field(None, gt=0, description="Number of synthetic images per case (default 800, quick 240).")
-    size: int | None = Field(None, ge=16, description="Image side in pixels (default 96, quick 64).")
+    n: int | None = Field(None, gt=0, description="Number of synthetic images per case (default: the model's, "
+                                                          "SIZES).")
+    size: int | None = Field(None, ge=16, description="Image side in pixels (default: the model's, SIZES).")
     bias: str | None = Field(None, description="Run one case on this bias mechanism instead of the two cases "
                                                "(misused_cue: spurious, difficulty: contrast).")
     minority_share: float = Field(0.25, gt=0.0, lt=1.0, description="Share of the minority group.")
     seed: int = Field(0, ge=0, description="Seed for data, training and APPLE.")
-    erm_epochs: int | None = Field(None, ge=1, description="Epochs of ERM training (default 30, quick 15).")
-    erm_lr: float | None = Field(None, gt=0.0, description="Learning rate of ERM training (default 3e-3, quick 5e-3).")
-    apple_epochs: int | None = Field(None, ge=1, description="Epochs of APPLE training (default 20, quick 4).")
+    erm_epochs: int | None = Field(None, ge=1, description="Epochs of ERM training (default: the model's, SIZES).")
+    erm_lr: float | None = Field(None, gt=0.0, description="Learning rate of ERM training (default: the model's).")
+    apple_epochs: int | None = Field(None, ge=1, description="Epochs of APPLE training (default: the model's, SIZES).")
     channels: list[int] | None = Field(None, min_length=2, description="U-Net channels per level.")
     workers: int | None = Field(None, ge=1, description="Cases run at once (default: one per CPU core on a CPU, "
                                                         "one on a GPU).")

@@ -107,11 +107,8 @@ def _numbers(ev, groups) -> dict:
                          "gap_signed": p["fairness"]["dice_delta_signed"]["diff"],
                          "gap_signed_ci": p["fairness"]["dice_delta_signed"]["ci"],
                          "dice": p["overall"]["dice"]["diff"], "dice_ci": p["overall"]["dice"]["ci"]}
-    if ev.leakage:
-        out["auc"] = {s: v.get("auc_after", v.get("auc_before")) for s, v in ev.leakage.items()}
-        out["mlp_auc"] = {s: v.get("mlp_auc_after", v.get("mlp_auc_before")) for s, v in ev.leakage.items()}
-        out["spatial_auc"] = {s: v.get("spatial_auc_after", v.get("spatial_auc_before"))
-                              for s, v in ev.leakage.items()}
+    for probe in ("auc", "mlp_auc", "spatial_auc") if ev.leakage else ():  # what the decoder receives, per input
+        out[probe] = {s: v.get(f"{probe}_after", v.get(f"{probe}_before")) for s, v in ev.leakage.items()}
     return out
 
 

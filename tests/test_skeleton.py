@@ -107,6 +107,9 @@ def test_demo_top_report_explains_each_case(demo_run):
             proc.stdout.split())
         sentence = explain_use(case["use"])
         assert sentence is not None and sentence in top.replace("\\", "")
+    # the top folder's page: the cases side by side and its configuration, no single-run sections
+    assert "## Cases side by side" in top and "## Configuration" in top and "| n | " in top
+    assert "## Results on the test split" not in top and "## Definitions" not in top
 
 
 @pytest.mark.parametrize("case", CASES)

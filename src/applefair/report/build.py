@@ -270,9 +270,11 @@ def write_reports(run_dir: str | os.PathLike, overlays: bool = True) -> dict[str
     run_dir = Path(run_dir)
     run = load_run(run_dir)
     cases = rf.read_cases(run_dir)
-    sections = build_sections(run, overlays)
-    if cases:  # a run of several cases (demo): their side-by-side page, then this folder's own sections
-        sections = case_sections(run_dir, cases) + [s for s in sections if s.id in ("config",)]
+    if cases:  # a run of several cases (demo): their side-by-side page, then this folder's configuration
+        config, failed = _guarded("config", "Configuration", _config, run)
+        sections = case_sections(run_dir, cases) + [s for s in (failed or config,) if s is not None]
+    else:
+        sections = build_sections(run, overlays)
     command = (run.config or {}).get("command", "")
     title = f"applefair report: {_run_name(run_dir)}"
     subtitle = (f"{command + ' run, ' if command else ''}generated "

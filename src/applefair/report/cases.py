@@ -35,23 +35,16 @@ def case_rows(cases: dict[str, dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def case_sentences(name: str, case: dict) -> list[str]:
-    """What the use measure says about the deployed model, then what the patch did."""
-    head = f"{case.get('title') or name} ({name}/)."
-    out = [head]
-    explained = explain_use(case.get("use"))
-    if explained:
-        out.append(explained)
-    if case.get("outcome_sentence"):
-        out.append(case["outcome_sentence"])
-    return [" ".join(out)]
+def case_sentence(name: str, case: dict) -> str:
+    """The case's title, what the use measure says about the deployed model, then what the patch did."""
+    parts = [f"{case.get('title') or name} ({name}/).", explain_use(case.get("use")), case.get("outcome_sentence")]
+    return " ".join(p for p in parts if p)
 
 
 def case_sections(root: Path, cases: dict[str, dict]) -> list[Section]:
     summary = Section("summary", "Summary")
     for name, case in cases.items():
-        for sentence in case_sentences(name, case):
-            summary.add(Paragraph(sentence, "summary"))
+        summary.add(Paragraph(case_sentence(name, case), "summary"))
     table = Section("cases", "Cases side by side (test split)")
     table.text("Dice and the Dice gap (max minus min group mean) in points, before (the deployed model) and after "
                "APPLE with its shipped defaults; the gap change's 95% CI is a paired bootstrap over test images. "

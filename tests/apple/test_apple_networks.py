@@ -89,3 +89,11 @@ def test_auto_perturber_is_sized_to_the_deployed_model():
     assert pick == ("unet", 16) and params(auto) <= ratio * deployed
     # a generous budget gives the paper's U shape of width 32
     assert chosen(10.0)[1] == ("unet", 32)
+    # trying the candidates leaves the RNG alone: auto initialises exactly what naming its choice does
+    for ratio, width in ((0.05, 32), ((sizes[16] + 1) / deployed, 16)):
+        torch.manual_seed(7)
+        auto = chosen(ratio)[0]
+        torch.manual_seed(7)
+        named = perturbers_for(net, [spec.site], x, width, "unet", num_res_blocks=4)
+        assert all(torch.equal(a, b) for a, b in zip(auto[spec.site].state_dict().values(),
+                                                     named[spec.site].state_dict().values(), strict=True))

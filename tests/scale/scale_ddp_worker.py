@@ -10,6 +10,7 @@ groupdro and resampling (the baselines, through `get_method(...).fit`).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -54,13 +55,32 @@ def toy() -> dict[str, torch.Tensor]:
     return net.state_dict()
 
 
-def _data(manifest: str):
+def _data(manifest: str, float64: bool = False):
     from applefair.data.groups import GroupSpec
     from applefair.data.manifest import SegmentationDataset, read_manifest
 
+    class Float64(SegmentationDataset):
+        def __getitem__(self, i: int) -> dict:
+            return {k: v.double() if torch.is_tensor(v) and v.is_floating_point() else v
+                    for k, v in super().__getitem__(i).items()}
+
+    kind = Float64 if float64 else SegmentationDataset
     frame = read_manifest(manifest)
     groups = GroupSpec("sex").fit(frame)
-    return SegmentationDataset(frame, groups, "train"), SegmentationDataset(frame, groups, "val"), groups
+    return kind(frame, groups, "train"), kind(frame, groups, "val"), groups
+
+
+@contextlib.contextmanager
+def _float64():
+    """APPLE's Adam steps magnify float32 rounding: the order of the 2-process gradient average alone moves
+    the logits by up to 3e-3 after 2 epochs (a 1-process run whose initial perturbers are nudged by a
+    relative 1e-7 moves them by 2e-4). In float64 that noise is ~1e-15, so the comparison can be exact."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
 
 
 def erm(manifest: str) -> dict[str, torch.Tensor]:
@@ -79,14 +99,15 @@ def apple(manifest: str) -> dict[str, torch.Tensor]:
     from applefair.apple.trainer import AppleConfig, train_apple
     from applefair.models.registry import create_segmentor
 
-    train, val, groups = _data(manifest)
-    torch.manual_seed(0)
-    net, spec = create_segmentor("unet", tiny=True)
-    patched = train_apple(net, spec.site, train, val, groups,
-                          AppleConfig(epochs=2, batch_size=8, width=8, seed=0, selection="last",
-                                      d_dropout=0.0),  # dropout draws per-rank random masks
-                          quiet=True).patched
-    return {**patched.perturbers.state_dict(), "logits": _logits(patched, val)}
+    train, val, groups = _data(manifest, float64=True)
+    with _float64():
+        torch.manual_seed(0)
+        net, spec = create_segmentor("unet", tiny=True)
+        patched = train_apple(net, spec.site, train, val, groups,
+                              AppleConfig(epochs=2, batch_size=8, width=8, seed=0, selection="last",
+                                          d_dropout=0.0),  # dropout draws per-rank random masks
+                              quiet=True).patched
+        return {**patched.perturbers.state_dict(), "logits": _logits(patched, val)}
 
 
 CACHES: list[dict] = []  # what each LatentCache.build made in this process (apple_sharded)
@@ -108,15 +129,17 @@ def apple_sharded(manifest: str) -> dict[str, torch.Tensor]:
 
     LatentCache.build = classmethod(recording_build)
     try:
-        train, val, groups = _data(manifest)
-        torch.manual_seed(0)
-        net, spec = create_segmentor("unet", tiny=True)
-        patched = train_apple(net, spec.site, train, val, groups,
-                              AppleConfig(epochs=2, batch_size=8, width=8, seed=0, selection="last",
-                                          d_dropout=0.0, cache="memory", cache_shards=2), quiet=True).patched
+        train, val, groups = _data(manifest, float64=True)
+        with _float64():
+            torch.manual_seed(0)
+            net, spec = create_segmentor("unet", tiny=True)
+            patched = train_apple(net, spec.site, train, val, groups,
+                                  AppleConfig(epochs=2, batch_size=8, width=8, seed=0, selection="last",
+                                              d_dropout=0.0, cache="memory", cache_shards=2), quiet=True).patched
+            state = {**patched.perturbers.state_dict(), "logits": _logits(patched, val)}
     finally:
         LatentCache.build = classmethod(original)
-    return {**patched.perturbers.state_dict(), "logits": _logits(patched, val)}
+    return state
 
 
 def baseline(method: str, manifest: str) -> dict[str, torch.Tensor]:

@@ -166,11 +166,12 @@ def perturbers_for(net: nn.Module, sites: list[str], example: torch.Tensor | dic
     if kind != "auto":
         return build(kind, width)
     budget = max_params_ratio * sum(p.numel() for p in net.parameters())
-    for k, w in AUTO_CANDIDATES:
-        perturbers = build(k, w)
-        if sum(p.numel() for m in perturbers.values() for p in m.parameters()) <= budget:
-            return perturbers
-    return build(*AUTO_CANDIDATES[0])
+    # sizing leaves the RNG where it was, so that `auto` initialises exactly what naming its choice would
+    with torch.random.fork_rng(devices=[]):
+        chosen = next((c for c in AUTO_CANDIDATES
+                       if sum(p.numel() for m in build(*c).values() for p in m.parameters()) <= budget),
+                      AUTO_CANDIDATES[0])
+    return build(*chosen)
 
 
 def save_patch(path: str | os.PathLike, patched: PatchedSegmentor, meta: Mapping) -> None:

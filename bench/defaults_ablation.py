@@ -61,6 +61,14 @@ VARIANTS: dict[str, dict] = {
     # the paper's game (KL adversary, U shape) with the fidelity target, and use-invariance at the model's site
     "paper_fid": {**PAPER, "seg_target": "deployed"},
     "fid_inv_site": {**PAPER, "objective": "none", "seg_target": "deployed", "invariance": 1.0},
+    # the paper's game at every decoder input (a perturber on each skip and the bottleneck, D_p over all of
+    # them), with the training masks or the fidelity target; on a model without skips this is `paper`
+    "paper_all": {**PAPER, "perturb": "all", "d_inputs": "all"},
+    "paper_fid_all": {**PAPER, "perturb": "all", "d_inputs": "all", "seg_target": "deployed"},
+    # `paper` from other initialisations of the game (APPLE's seed + offset; data and deployed model unchanged):
+    # how much of an outcome is the draw, and what choosing among restarts on validation gains
+    "paper_r1": {**PAPER, "seed_offset": 1000},
+    "paper_r2": {**PAPER, "seed_offset": 2000},
 }
 TARGET = {"gap_reduction": 0.5, "dice_drop": 0.01}
 
@@ -137,7 +145,9 @@ def _run_job(job: dict) -> list[dict]:
     rows = []
     for variant in job["variants"]:
         t1 = time.time()
-        cfg = AppleConfig(**{"epochs": a.apple_epochs, "batch_size": 16, "seed": seed, **VARIANTS[variant]})
+        options = dict(VARIANTS[variant])
+        apple_seed = seed + options.pop("seed_offset", 0)
+        cfg = AppleConfig(**{"epochs": a.apple_epochs, "batch_size": 16, **options, "seed": apple_seed})
         res = train_apple(net, spec.site, split["train"], split["val"], groups, cfg, quiet=True, head=spec.head,
                           skip_sites=spec.skip_sites)
         patched = res.patched

@@ -132,3 +132,24 @@ def test_mitigate_records_the_device_it_ran_on(cli_app, tiny_manifest, apple_mod
                             "--device", "cpu", "--quiet"])
     assert res.exit_code == 0, res.output
     assert yaml.safe_load((out / "config.yaml").read_text())["device"] == "cpu"
+
+
+def test_mitigate_restarts_record_each_game_and_resume(cli_app, tiny_manifest, apple_model_dir, tmp_path):
+    config = tmp_path / "apple.yaml"
+    config.write_text(yaml.safe_dump({"apple": {"perturber": "conv", "width": 8, "d_hidden": 16, "batch_size": 8,
+                                                "selection": "last"}}))
+    out = tmp_path / "run"
+    args = ["mitigate", "--data", str(tiny_manifest), "--model", str(apple_model_dir), "-a", "sex", "--epochs", "1",
+            "--restarts", "2", "--seed", "4", "--config", str(config), "--out", str(out), "--quiet"]
+    res = _invoke(cli_app, args)
+    assert res.exit_code == 0, res.output
+    check = json.loads((out / "frozen_check.json").read_text())
+    assert check["unchanged"] and [r["seed"] for r in check["restarts"]] == [4, 1004]
+    assert check["restart"] in (0, 1)
+    assert yaml.safe_load((out / "config.yaml").read_text())["apple"]["restarts"] == 2
+    assert (out / "checkpoint.safetensors").is_file() and (out / "checkpoint_restart1.safetensors").is_file()
+    metrics = json.loads((out / "metrics.json").read_text())
+    resumed = _invoke(cli_app, [*args, "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads((out / "metrics.json").read_text())["overall"]["dice"] == pytest.approx(
+        metrics["overall"]["dice"], abs=1e-9)

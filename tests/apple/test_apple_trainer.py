@@ -190,3 +190,76 @@ def test_gamma_pulls_the_groups_pooled_statistics_together(apple_setup):
         res.patched.remove()
         ends[gamma] = res.history[-1]["mean_gap"]
     assert ends[100.0] < 0.5 * ends[0.0], ends
+
+
+def test_restarts_keep_the_best_validated_game_on_one_cache_and_one_set_of_hooks(apple_setup, tmp_path):
+    from applefair.apple.cache import LatentCache
+    from applefair.apple.trainer import restart_seed
+
+    net, spec, groups, split = apple_setup
+    before = state_dict_hash(net)
+    # selection "last": every restart moves off the deployed model, so the pick is by validation score alone
+    base = {"epochs": 2, "seed": 3, "selection": "last", **FAST}
+    builds = []
+    original = LatentCache.build.__func__
+
+    def counting(cls, *args, **kwargs):
+        builds.append(1)
+        return original(cls, *args, **kwargs)
+
+    LatentCache.build = classmethod(counting)
+    try:
+        res = train_apple(net, spec.site, split["train"], split["val"], groups, AppleConfig(restarts=3, **base),
+                          quiet=True, run_dir=tmp_path)
+    finally:
+        LatentCache.build = classmethod(original)
+    assert len(builds) == 2  # one training and one validation cache for all three games
+    assert [r["seed"] for r in res.restarts] == [3, 1003, 2003]
+    scores = [r["val_es_dice"] for r in res.restarts]
+    assert res.restart == scores.index(max(scores))
+    assert {p.name for p in tmp_path.iterdir() if p.suffix == ".safetensors"} == {
+        "checkpoint.safetensors", "checkpoint_restart1.safetensors", "checkpoint_restart2.safetensors"}
+    x = torch.stack([split["val"][i]["image"] for i in range(6)])
+    with torch.no_grad():
+        kept = res.patched(x)
+    res.patched.remove()  # a second live patch on the site would be refused: only the kept game's hooks remain
+    assert state_dict_hash(net) == before
+    # the kept game is exactly the plain game from its seed
+    alone = train_apple(net, spec.site, split["train"], split["val"], groups,
+                        AppleConfig(**{**base, "seed": restart_seed(3, res.restart)}), quiet=True)
+    with torch.no_grad():
+        assert torch.equal(alone.patched(x), kept)
+    assert res.history == alone.history and res.selected_epoch == alone.selected_epoch
+    alone.patched.remove()
+
+
+def test_pick_restart_prefers_a_game_that_left_the_deployed_model():
+    from applefair.apple.trainer import AppleResult, pick_restart
+
+    def result(selected: int, scores: list[float]) -> AppleResult:
+        return AppleResult(patched=None, history=[{"val_es_dice": s} for s in scores], selected_epoch=selected,
+                           sites=[])
+
+    assert pick_restart([result(0, [0.5, 0.4]), result(0, [0.5, 0.6])]) == 0  # nothing qualified anywhere
+    assert pick_restart([result(0, [0.5, 0.4]), result(1, [0.5, 0.55]), result(1, [0.5, 0.6])]) == 2
+    assert pick_restart([result(1, [0.5, 0.6]), result(1, [0.5, 0.6])]) == 0  # ties keep the first
+
+
+def test_restarts_resume_from_their_own_checkpoints(apple_setup, tmp_path):
+    net, spec, groups, split = apple_setup
+    cfg = AppleConfig(epochs=1, restarts=2, selection="last", **FAST)
+    first = train_apple(net, spec.site, split["train"], split["val"], groups, cfg, quiet=True, run_dir=tmp_path)
+    x = torch.stack([split["val"][i]["image"] for i in range(4)])
+    with torch.no_grad():
+        want = first.patched(x)
+    first.patched.remove()
+    again = train_apple(net, spec.site, split["train"], split["val"], groups, cfg, quiet=True, run_dir=tmp_path,
+                        resume=True)
+    with torch.no_grad():
+        assert torch.equal(again.patched(x), want)
+    assert again.restarts == first.restarts
+    again.patched.remove()
+    with pytest.raises(InputError, match="another APPLE config"):  # each restart's checkpoint knows its config
+        train_apple(net, spec.site, split["train"], split["val"], groups, cfg.model_copy(update={"lr_g": 0.5}),
+                    quiet=True, run_dir=tmp_path, resume=True)
+    assert not getattr(net.get_submodule(spec.site), "_applefair_patched", False)  # the refusal unhooked the site

@@ -93,6 +93,9 @@ class AppleConfig(Settings):
     lr_d: float = Field(1e-3, gt=0)
     cosine: bool = True  # cosine decay of both learning rates over `epochs`
     grad_clip: float = Field(5.0, ge=0)  # max gradient norm (0: off)
+    # games played from other initialisations (seed, seed+1000, ...) on one latent cache; the restart whose
+    # selected epoch scores best on validation ES-Dice is kept. Each costs one game (docs/ablation.md: restarts)
+    restarts: int = Field(1, ge=1)
     # selection and stopping
     selection: Literal[SELECTIONS] = "es_dice"  # es_dice (with the Dice tolerance) | last
     tolerance: float = 0.01

@@ -27,6 +27,9 @@ def mitigate(
                                                       "Default: the model's own site."),
     epochs: int | None = typer.Option(None, "--epochs", help="Training epochs (overrides the config)."),
     seed: int | None = typer.Option(None, "--seed", help="Seed (overrides the config)."),
+    restarts: int | None = typer.Option(None, "--restarts", help="APPLE: play the game this many times from other "
+                                                               "initialisations and keep the best on validation "
+                                                               "(overrides the config)."),
     config: Path | None = typer.Option(None, "--config", help="YAML file of APPLE options (see docs/method.md)."),
     method: str = typer.Option("apple", "--method", help="apple, or a baseline name from applefair.baselines."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
@@ -55,7 +58,7 @@ def mitigate(
     from applefair.workflows.mitigate import run_mitigation
 
     cfg, options = load_apple_config(config)
-    cfg = cfg.replace(epochs=epochs, seed=seed, sites=list(site) if site else None)
+    cfg = cfg.replace(epochs=epochs, seed=seed, restarts=restarts, sites=list(site) if site else None)
     spec = build_group_spec(attribute, groups)
     result = run_mitigation(data, model, out, spec, cfg, method=method, method_options=options, resume=resume,
                             overwrite=overwrite, export=export, quiet=quiet, device=device, probe=probe, use=use)

@@ -44,6 +44,7 @@ PAIRED = "paired.json"  # change after - before with paired CIs and Wilcoxon tes
 HISTORY = "history.csv"  # one row per training epoch
 PATCH = "patch.safetensors"  # the fairness patch (perturbers + header)
 CHECKPOINT = "checkpoint.safetensors"  # a resumable training state
+RESTART_CHECKPOINT = "checkpoint_restart{}.safetensors"  # APPLE restart r's resumable state (`restarts` > 1)
 CURVES = "curves.png"
 EXPORT = "export.json"
 TORCHSCRIPT = "mitigated.torchscript.pt"

@@ -69,6 +69,8 @@ VARIANTS: dict[str, dict] = {
     # how much of an outcome is the draw, and what choosing among restarts on validation gains
     "paper_r1": {**PAPER, "seed_offset": 1000},
     "paper_r2": {**PAPER, "seed_offset": 2000},
+    "paper_fid_r1": {**PAPER, "seg_target": "deployed", "seed_offset": 1000},
+    "paper_fid_r2": {**PAPER, "seg_target": "deployed", "seed_offset": 2000},
 }
 TARGET = {"gap_reduction": 0.5, "dice_drop": 0.01}
 

@@ -5,7 +5,8 @@
     python bench/restarts_analysis.py runs/restarts/results.jsonl --out bench/results/restarts
 
 For each (model, benchmark, seed), the data and the deployed model are fixed and APPLE (the shipped default on
-these models) is played from three initialisations (`paper`, `paper_r1`, `paper_r2`: seeds s, s+1000, s+2000).
+these models) is played from three initialisations (`paper`, `paper_r1`, `paper_r2`: seeds s, s+1000, s+2000;
+`--family paper_fid` reads `paper_fid`, `paper_fid_r1`, `paper_fid_r2`).
 "best of k" keeps, among the first k restarts, the one whose selected epoch has the highest validation ES-Dice
 (the selection's own criterion, applied across restarts; ties and "nothing qualified" keep the first), and is
 then scored on the test split like any single run. A seed meets the target as in the defaults ablation.
@@ -24,8 +25,6 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).parent))
 from defaults_ablation import runs_table  # noqa: E402
 
-RESTARTS = ("paper", "paper_r1", "paper_r2")
-
 
 def val_score(row: dict) -> float:
     """The selected epoch's validation ES-Dice: what the selection maximised within its game."""
@@ -38,19 +37,25 @@ def best_of(rows: list[dict], k: int) -> dict:
     return max(first, key=lambda r: (val_score(r), -first.index(r)))
 
 
-def table(rows: list[dict]) -> pd.DataFrame:
+def restart_variants(family: str) -> tuple[str, str, str]:
+    """The three restart variants of a variant family (`paper`: paper, paper_r1, paper_r2)."""
+    return family, f"{family}_r1", f"{family}_r2"
+
+
+def table(rows: list[dict], family: str = "paper") -> pd.DataFrame:
+    restarts = restart_variants(family)
     cells: dict[tuple, dict[str, dict]] = {}
     for r in rows:
-        if r["variant"] in RESTARTS:
+        if r["variant"] in restarts:
             cells.setdefault((r["model"], r["bench"], r["seed"]), {})[r["variant"]] = r
     recs = []
     for (model, bench, seed), by in sorted(cells.items()):
-        if set(by) != set(RESTARTS):
+        if set(by) != set(restarts):
             continue
-        ordered = [by[v] for v in RESTARTS]
+        ordered = [by[v] for v in restarts]
         runs = runs_table(ordered).set_index("variant")
         rec = {"model": model, "bench": bench, "seed": seed, "gap_before": runs.gap_before.iloc[0]}
-        for i, v in enumerate(RESTARTS):
+        for i, v in enumerate(restarts):
             rec[f"r{i}"] = runs.gap_reduction[v]
             rec[f"r{i}_meets"] = bool(runs.meets[v])
             rec[f"r{i}_widened"] = bool(runs.widened[v])
@@ -61,7 +66,7 @@ def table(rows: list[dict]) -> pd.DataFrame:
             rec[f"best{k}_meets"] = bool(runs.meets[pick])
             rec[f"best{k}_widened"] = bool(runs.widened[pick])
             rec[f"best{k}_dice"] = runs.dice_change[pick]
-            rec[f"best{k}_pick"] = RESTARTS.index(pick)
+            rec[f"best{k}_pick"] = restarts.index(pick)
         recs.append(rec)
     return pd.DataFrame(recs)
 
@@ -89,9 +94,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("results", help="results.jsonl of bench/defaults_ablation.py with the three restart variants")
     ap.add_argument("--out", default="", help="prefix for <out>.md and <out>.csv (default: print only)")
+    ap.add_argument("--family", default="paper", help="the variant whose restarts to read: FAMILY, FAMILY_r1, "
+                                                      "FAMILY_r2 (default paper)")
     a = ap.parse_args()
     rows = [json.loads(x) for x in Path(a.results).read_text().splitlines() if x.strip()]
-    t = table(rows)
+    t = table(rows, a.family)
     text = markdown(t)
     print(text)
     if a.out:

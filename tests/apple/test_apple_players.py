@@ -14,7 +14,8 @@ from applefair.apple.losses import group_distribution_gap, known_ce, known_entro
 from applefair.apple.perturber import ConvPerturber, PopulationNorm, build_perturber
 from applefair.engine.io import state_dict_hash
 
-FAST = {"perturber": "conv", "width": 8, "d_hidden": 16, "batch_size": 8}
+# one game unless a test is of restarts
+FAST = {"perturber": "conv", "width": 8, "d_hidden": 16, "batch_size": 8, "restarts": 1}
 
 
 def test_the_entropy_term_raises_the_discriminators_entropy_under_gradient_reversal():

@@ -13,7 +13,8 @@ from applefair.engine.config import validate_settings
 from applefair.engine.io import state_dict_hash
 from applefair.errors import InputError
 
-FAST = {"perturber": "conv", "width": 8, "d_hidden": 16, "batch_size": 8}
+# one game unless a test is of restarts
+FAST = {"perturber": "conv", "width": 8, "d_hidden": 16, "batch_size": 8, "restarts": 1}
 
 
 def test_cached_and_uncached_training_agree_and_the_segmentor_stays_frozen(apple_setup):
@@ -209,7 +210,7 @@ def test_restarts_keep_the_best_validated_game_on_one_cache_and_one_set_of_hooks
 
     LatentCache.build = classmethod(counting)
     try:
-        res = train_apple(net, spec.site, split["train"], split["val"], groups, AppleConfig(restarts=3, **base),
+        res = train_apple(net, spec.site, split["train"], split["val"], groups, AppleConfig(**{**base, "restarts": 3}),
                           quiet=True, run_dir=tmp_path)
     finally:
         LatentCache.build = classmethod(original)
@@ -247,7 +248,7 @@ def test_pick_restart_prefers_a_game_that_left_the_deployed_model():
 
 def test_restarts_resume_from_their_own_checkpoints(apple_setup, tmp_path):
     net, spec, groups, split = apple_setup
-    cfg = AppleConfig(epochs=1, restarts=2, selection="last", **FAST)
+    cfg = AppleConfig(**{**FAST, "epochs": 1, "restarts": 2, "selection": "last"})
     first = train_apple(net, spec.site, split["train"], split["val"], groups, cfg, quiet=True, run_dir=tmp_path)
     x = torch.stack([split["val"][i]["image"] for i in range(4)])
     with torch.no_grad():

@@ -140,7 +140,7 @@ def cache_dtype(cfg: BenchConfig, work: Path, quiet: bool = True, dtypes: tuple[
         for arm in ("fp32", *arms):
             dtype = arm.removesuffix("_repeat")
             acfg = AppleConfig(epochs=cfg.dtype_epochs, batch_size=cfg.batch_size, seed=seed, cache="memory",
-                               cache_dtype=dtype, precision="fp32", augment=False)
+                               cache_dtype=dtype, precision="fp32", augment=False, restarts=1)
             with cache_stored_as(dtype) as built:
                 fits[arm] = fit_method(get_method("apple"), net, spec, split, groups, acfg, quiet=quiet)
             fits[arm].extra["cache_dtypes_built"] = list(built)

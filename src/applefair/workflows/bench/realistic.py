@@ -78,7 +78,9 @@ def realistic_cost(cfg: BenchConfig, work: Path, model: str, quiet: bool = True)
     net.to(dev).eval()
     budget = Budget(epochs=cfg.realistic_epochs, batch_size=cfg.realistic_batch_size, seed=cfg.seed)
     variants = {m: (m, None) for m in cfg.methods}
-    variants[APPLE_RUN] = ("apple", {"augment": False, "precision": "fp32", "cache": "memory", "cache_dtype": "fp32"})
+    # one game: the epoch clock and the projection are per game; the default plays `restarts` of them
+    variants[APPLE_RUN] = ("apple", {"augment": False, "precision": "fp32", "cache": "memory", "cache_dtype": "fp32",
+                                     "restarts": 1})
 
     def fit(method: str, options: dict | None) -> dict:
         with Measure() as m, EpochClock(budget.epochs) as clock:

@@ -164,7 +164,7 @@ def _run_job(job: dict) -> list[dict]:
         patched.perturbers.load_state_dict(best)
         patched.remove()
         row = {"model": job["model"], "bench": job["bench"], "seed": seed, "variant": variant,
-                     "options": VARIANTS[variant], "before": _numbers(base, groups),
+                     "options": VARIANTS[variant], "apple": cfg.to_dict(), "before": _numbers(base, groups),
                      "selected": _numbers(selected, groups), "last": _numbers(last, groups),
                      "selected_epoch": res.selected_epoch, "unchanged": state_dict_hash(net) == deployed_hash,
                      "patch_params": sum(p.numel() for p in patched.perturbers.parameters()),

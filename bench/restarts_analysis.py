@@ -2,7 +2,9 @@
 
     OMP_NUM_THREADS=1 python bench/defaults_ablation.py --out runs/restarts --models sam,unet \
         --benches spurious,vessels,none,contrast --seeds 0 1 2 --variants paper,paper_r1,paper_r2 --workers 2
-    python bench/restarts_analysis.py runs/restarts/results.jsonl --out bench/results/restarts
+    OMP_NUM_THREADS=1 python bench/defaults_ablation.py --out runs/restarts --models unet \
+        --benches spurious,vessels,none,contrast --seeds 0 1 2 --variants paper_fid --workers 2
+    python bench/restarts_analysis.py runs/restarts/results.jsonl --versus paper_fid --out bench/results/restarts
 
 For each (model, benchmark, seed), the data and the deployed model are fixed and APPLE (the shipped default on
 these models) is played from three initialisations (`paper`, `paper_r1`, `paper_r2`: seeds s, s+1000, s+2000;
@@ -90,16 +92,43 @@ def markdown(t: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def versus(rows: list[dict], variant: str, family: str = "paper") -> str:
+    """Best of 3 of `family` (one game per run, picked as `restarts: 3` picks) against `variant` run with
+    `restarts: 3` itself (the same three seeds), per (model, benchmark): reduction per seed, seeds meeting
+    the target, widened gaps, Dice change."""
+    best = table(rows, family)
+    other = runs_table([r for r in rows if r["variant"] == variant]).set_index(["model", "bench", "seed"])
+    head = ["model", "benchmark", f"{family}: best of 3, reduction % per seed", f"{variant}: reduction % per seed",
+            "seeds meeting (best of 3 / variant)", "widened (best of 3 / variant)", "Dice change (best of 3 / variant)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (model, bench), sub in best.groupby(["model", "bench"], sort=False):
+        keys = [(model, bench, s) for s in sub.seed if (model, bench, s) in other.index]
+        if not keys:
+            continue
+        sub = sub[sub.seed.isin([k[2] for k in keys])]
+        o = other.loc[keys]
+        lines.append("| " + " | ".join([
+            model, bench, ", ".join(f"{x:.0f}" for x in sub.best3), ", ".join(f"{x:.0f}" for x in o.gap_reduction),
+            f"{int(sub.best3_meets.sum())}/{len(sub)} / {int(o.meets.sum())}/{len(o)}",
+            f"{int(sub.best3_widened.sum())} / {int(o.widened.sum())}",
+            ", ".join(f"{x:+.1f}" for x in sub.best3_dice) + " / " + ", ".join(f"{x:+.1f}" for x in o.dice_change),
+        ]) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("results", help="results.jsonl of bench/defaults_ablation.py with the three restart variants")
     ap.add_argument("--out", default="", help="prefix for <out>.md and <out>.csv (default: print only)")
     ap.add_argument("--family", default="paper", help="the variant whose restarts to read: FAMILY, FAMILY_r1, "
                                                       "FAMILY_r2 (default paper)")
+    ap.add_argument("--versus", default="", help="also compare best of 3 with this variant run with restarts: 3")
     a = ap.parse_args()
     rows = [json.loads(x) for x in Path(a.results).read_text().splitlines() if x.strip()]
     t = table(rows, a.family)
     text = markdown(t)
+    if a.versus:
+        text += "\n" + versus(rows, a.versus, a.family)
     print(text)
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)

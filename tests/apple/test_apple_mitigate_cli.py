@@ -146,6 +146,10 @@ def test_mitigate_restarts_record_each_game_and_resume(cli_app, tiny_manifest, a
     check = json.loads((out / "frozen_check.json").read_text())
     assert check["unchanged"] and [r["seed"] for r in check["restarts"]] == [4, 1004]
     assert check["restart"] in (0, 1)
+    # the console and the report say how many games were played and which one was kept
+    said = " ".join(res.output.split())
+    assert "APPLE played 2 games (seeds 4, 1004)" in said and "(kept)" in said
+    assert "APPLE played 2 games (seeds 4, 1004)" in " ".join((out / "report.md").read_text().split())
     assert yaml.safe_load((out / "config.yaml").read_text())["apple"]["restarts"] == 2
     assert (out / "checkpoint.safetensors").is_file() and (out / "checkpoint_restart1.safetensors").is_file()
     metrics = json.loads((out / "metrics.json").read_text())

@@ -82,6 +82,11 @@ def _print(result) -> None:
     print_use(result.test.use, out_console)
     if result.outcome is not None:
         out_console.print(result.outcome.sentence, highlight=False)
+    from applefair.metrics.outcome import restarts_sentence
+
+    games = restarts_sentence(result.check)
+    if games:
+        out_console.print(games, highlight=False)
     out_console.print(f"Deployed model unchanged: {'yes' if result.check['unchanged'] else 'NO'}")
 
 

@@ -164,3 +164,16 @@ def explain_use(entry: Mapping | None) -> str | None:
                 f"other group's statistics ({moved}): what it lacks is missing from its images, which no latent "
                 "patch can restore.")
     return f"The deployed model does not use the group ({moved}): there is no group cue for a patch to remove."
+
+
+def restarts_sentence(summary: dict) -> str | None:
+    """One line on the games a run played and the one it kept (None for a single game): from the summary
+    `AppleResult.summary()` records in frozen_check.json."""
+    runs = summary.get("restarts")
+    if not runs:
+        return None
+    kept = summary.get("restart", 0)
+    scores = ", ".join(f"{r['val_es_dice']:.3f}" + (" (kept)" if r["restart"] == kept else "") for r in runs)
+    return (f"APPLE played {len(runs)} games (seeds {', '.join(str(r['seed']) for r in runs)}) and kept the one "
+            f"that scored best on validation (ES-Dice at each game's selected epoch: {scores}); one game is one "
+            f"draw, docs/ablation.md \"Restarts\".")

@@ -19,6 +19,7 @@ from applefair._version import __version__
 from applefair.engine import runfolder as rf
 from applefair.engine.io import atomic_path, write_csv, write_text
 from applefair.errors import InputError
+from applefair.metrics.outcome import restarts_sentence
 from applefair.report import plots
 from applefair.report.cases import case_sections
 from applefair.report.document import Paragraph, Section, Table, format_cell
@@ -157,10 +158,13 @@ def _frozen(run: RunData) -> Section | None:
     if not run.frozen:
         return None
     rows = [(k, "yes" if v is True else ("NO" if v is False else ", ".join(map(str, v)) if isinstance(v, list)
-                                       else str(v))) for k, v in run.frozen.items()]
+                                       else str(v))) for k, v in run.frozen.items() if k != "restarts"]
     sec = Section("frozen", "Frozen-weights check")
     sec.text("SHA-256 over every parameter and buffer of the deployed segmentor, before and after mitigation: "
              "equal hashes prove that not a single weight changed.")
+    games = restarts_sentence(run.frozen)
+    if games:
+        sec.text(games)
     return sec.add(Table("frozen_check", pd.DataFrame(rows, columns=["check", "value"])))
 
 

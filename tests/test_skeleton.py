@@ -43,6 +43,7 @@ def test_demo_quick_writes_run_folder(demo_run):
             assert (out / case / rel).is_file(), f"{case}/{rel}"
     assert not [p for p in out.parent.iterdir() if p.name.endswith(".partial")]
     assert proc.stdout.count("Deployed weights unchanged: yes") == 2
+    assert " ".join(proc.stdout.split()).count("APPLE played 3 games (seeds 0, 1000, 2000)") == 2  # the default
     for case in CASES:
         assert case in proc.stdout
 

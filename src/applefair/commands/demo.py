@@ -35,7 +35,7 @@ def demo(
     """
     from applefair.engine.config import resolve_settings
     from applefair.engine.runfolder import REPORT_HTML, REPORT_MD
-    from applefair.metrics.outcome import explain_use
+    from applefair.metrics.outcome import explain_use, restarts_sentence
     from applefair.workflows.demo import DemoSettings, run_demo
 
     settings = resolve_settings(DemoSettings, config, quick=quick, seed=seed, model=model, bias=bias,
@@ -58,6 +58,9 @@ def demo(
         if explained:
             out_console.print(f"  {explained}")
         out_console.print(f"  {case.outcome.sentence}")
+        games = restarts_sentence(case.check)
+        if games:
+            out_console.print(f"  {games}", highlight=False)
         out_console.print(f"  Deployed weights unchanged: {'yes' if case.check['unchanged'] else 'NO'} "
                           f"(sha256 {case.check['hash_before'][:12]}…)")
     report = out / REPORT_HTML

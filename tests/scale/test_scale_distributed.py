@@ -130,7 +130,9 @@ def _run(cmd: list[str], cwd: Path) -> None:
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
     if proc.returncode != 0:  # a worker's traceback can sit anywhere in torchrun's stderr, before pages of warnings
         lines = proc.stderr.splitlines()
-        start = next((i for i, line in enumerate(lines) if "Traceback" in line or "Error" in line), len(lines))
+        # a Python error, or a C++ abort in a worker (gloo prints "terminate called ... what(): ..." and no traceback)
+        marks = ("Traceback", "Error", "terminate called", "what():", "Fatal", "enforce fail")
+        start = next((i for i, line in enumerate(lines) if any(m in line for m in marks)), len(lines))
         pytest.fail(f"exit {proc.returncode}: {' '.join(cmd[-4:])}\n--- stderr from the first error ---\n"
                     + "\n".join(lines[start:start + 80]) + "\n--- stderr tail ---\n" + "\n".join(lines[-30:])
                     + "\n--- stdout tail ---\n" + proc.stdout[-2000:])

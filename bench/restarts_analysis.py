@@ -28,15 +28,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 from defaults_ablation import runs_table  # noqa: E402
 
 
-def val_score(row: dict) -> float:
-    """The selected epoch's validation ES-Dice: what the selection maximised within its game."""
-    return float(row["history"][row["selected_epoch"]]["val_es_dice"])
-
-
 def best_of(rows: list[dict], k: int) -> dict:
-    """Among the first k restarts, the one with the highest selected validation ES-Dice (first on ties)."""
-    first = rows[:k]
-    return max(first, key=lambda r: (val_score(r), -first.index(r)))
+    """Among the first k restarts, the one `restarts: k` keeps (`apple.trainer.pick_restart`, on the rows'
+    histories and selected epochs)."""
+    from applefair.apple.trainer import AppleResult, pick_restart
+
+    games = [AppleResult(patched=None, history=r["history"], selected_epoch=r["selected_epoch"], sites=[])
+             for r in rows[:k]]
+    return rows[pick_restart(games)]
 
 
 def restart_variants(family: str) -> tuple[str, str, str]:

@@ -95,7 +95,8 @@ def erm(manifest: str) -> dict[str, torch.Tensor]:
     return {**net.state_dict(), "logits": _logits(net, val)}
 
 
-def apple(manifest: str) -> dict[str, torch.Tensor]:
+def _apple_float64(manifest: str, **options) -> dict[str, torch.Tensor]:
+    """APPLE on the tiny U-Net in float64 (`_float64`): its perturbers and validation logits."""
     from applefair.apple.trainer import AppleConfig, train_apple
     from applefair.models.registry import create_segmentor
 
@@ -105,9 +106,13 @@ def apple(manifest: str) -> dict[str, torch.Tensor]:
         net, spec = create_segmentor("unet", tiny=True)
         patched = train_apple(net, spec.site, train, val, groups,
                               AppleConfig(epochs=2, batch_size=8, width=8, seed=0, selection="last",
-                                          d_dropout=0.0),  # dropout draws per-rank random masks
+                                          d_dropout=0.0, **options),  # dropout draws per-rank random masks
                               quiet=True).patched
         return {**patched.perturbers.state_dict(), "logits": _logits(patched, val)}
+
+
+def apple(manifest: str) -> dict[str, torch.Tensor]:
+    return _apple_float64(manifest)
 
 
 CACHES: list[dict] = []  # what each LatentCache.build made in this process (apple_sharded)
@@ -116,8 +121,6 @@ CACHES: list[dict] = []  # what each LatentCache.build made in this process (app
 def apple_sharded(manifest: str) -> dict[str, torch.Tensor]:
     """APPLE with the shard-stratified order over 2 shards; records this rank's cache size."""
     from applefair.apple.cache import LatentCache
-    from applefair.apple.trainer import AppleConfig, train_apple
-    from applefair.models.registry import create_segmentor
 
     original = LatentCache.build.__func__
 
@@ -129,17 +132,9 @@ def apple_sharded(manifest: str) -> dict[str, torch.Tensor]:
 
     LatentCache.build = classmethod(recording_build)
     try:
-        train, val, groups = _data(manifest, float64=True)
-        with _float64():
-            torch.manual_seed(0)
-            net, spec = create_segmentor("unet", tiny=True)
-            patched = train_apple(net, spec.site, train, val, groups,
-                                  AppleConfig(epochs=2, batch_size=8, width=8, seed=0, selection="last",
-                                              d_dropout=0.0, cache="memory", cache_shards=2), quiet=True).patched
-            state = {**patched.perturbers.state_dict(), "logits": _logits(patched, val)}
+        return _apple_float64(manifest, cache="memory", cache_shards=2)
     finally:
         LatentCache.build = classmethod(original)
-    return state
 
 
 def baseline(method: str, manifest: str) -> dict[str, torch.Tensor]:

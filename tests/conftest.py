@@ -6,7 +6,10 @@ import os
 
 import pytest
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+# one torch thread everywhere, whatever the shell exported: CPU kernels sum in an order that depends on the
+# thread count, and the bit-for-bit tests (resume, --jobs) compare runs made in this process with runs made
+# in subprocesses pinned to one thread
+os.environ["OMP_NUM_THREADS"] = "1"
 
 
 @pytest.fixture(scope="session")

@@ -98,11 +98,14 @@ def test_smoke_config_runs_every_method(tmp_path):
 
 
 def test_jobs_give_the_same_cells_as_one_process(tmp_path):
-    """Two worker processes run the (seed, dataset, segmentor) blocks; every number but wall time is equal."""
+    """Two worker processes run the (seed, dataset, segmentor) blocks; at the same threads per process every
+    number but wall time is equal."""
     settings, root = _config(tmp_path, seeds=[0, 1], methods=["erm"])
     one, two = tmp_path / "one", tmp_path / "two"
-    assert run_compare(settings, root, one, quiet=True) == {"run": 4, "skipped": 0, "failed": 0, "left": 0}
-    assert run_compare(settings, root, two, quiet=True, jobs=2) == {"run": 4, "skipped": 0, "failed": 0, "left": 0}
+    assert run_compare(settings, root, one, quiet=True, threads=1) == {"run": 4, "skipped": 0, "failed": 0, "left": 0}
+    assert run_compare(settings, root, two, quiet=True, jobs=2, threads=1) == {"run": 4, "skipped": 0, "failed": 0,
+                                                                               "left": 0}
+    assert yaml.safe_load((two / "config.yaml").read_text())["run"]["threads"] == 1
     a, b = (pd.read_csv(d / "results.csv").sort_values(["seed", "method"]).reset_index(drop=True) for d in (one, two))
     timing = [c for c in a.columns if "seconds" in c or "time" in c]
     pd.testing.assert_frame_equal(a.drop(columns=timing), b.drop(columns=timing))
@@ -110,6 +113,8 @@ def test_jobs_give_the_same_cells_as_one_process(tmp_path):
     assert run_compare(settings, root, two, quiet=True, jobs=2)["skipped"] == 4  # resumes with jobs too
     with pytest.raises(InputError, match="--jobs 0"):
         run_compare(settings, root, two, quiet=True, jobs=0)
+    with pytest.raises(InputError, match="--threads 0"):
+        run_compare(settings, root, two, quiet=True, threads=0)
 
 
 def test_compare_under_torchrun_points_to_jobs(tmp_path, monkeypatch):

@@ -25,6 +25,8 @@ def compare(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (auto: a GPU when there is one)."),
     jobs: int = typer.Option(1, "--jobs", "-j", help="Worker processes, each running one (seed, dataset, "
                                                    "segmentor) block at a time (they share the device)."),
+    threads: int = typer.Option(None, "--threads", help="torch CPU threads per process (default: the cores "
+                                                        "shared among the jobs). Same threads, same numbers."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
 ) -> None:
     """Compare APPLE with the mitigation baselines on every cell of a config.
@@ -46,7 +48,8 @@ def compare(
                 "seeds": _split(seeds, int)}
     except ValueError:
         raise InputError(f"--seeds: '{seeds}' (expected a comma list of integers)") from None
-    counts = run_compare(settings, root, out, only, time_limit, quiet, device=device, jobs=jobs)
+    counts = run_compare(settings, root, out, only, time_limit, quiet, device=device, jobs=jobs,
+                         threads=threads)
     out_console.print(f"cells run {counts['run']}, already done {counts['skipped']}, failed {counts['failed']}, "
                       f"left for later {counts['left']}")
     out_console.print(f"Table: {out / RESULTS_MD}")

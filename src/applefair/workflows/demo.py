@@ -48,15 +48,16 @@ from applefair.workflows.train import build_model, train_deployed
 
 log = logging.getLogger("applefair")
 BOOTSTRAP = 1000  # resamples for every confidence interval of the demo
-# sizes per model and mode. The SAM-like model's full demo is one cell of the defaults ablation (docs/ablation.md:
-# 500 images at 64 px, ERM 30 epochs, APPLE 15 epochs, bias strength 1.5), whose 3 seeds are measured there
+# sizes per model and mode. The SAM-like model's cases are one cell of the defaults ablation (docs/ablation.md:
+# 500 images at 64 px, ERM 30 epochs, APPLE 15 epochs, bias strength 1.5), whose seeds are measured there; the
+# quick demo runs it once (one draw), the full demo with three seeds, so that the spread between draws shows
+SAM_CELL = {"n": 500, "size": 64, "erm_epochs": 30, "erm_lr": 2e-3, "apple_epochs": 15}
 SIZES: dict[str, dict[str, dict]] = {
-    "sam": {"full": {"n": 500, "size": 64, "erm_epochs": 30, "erm_lr": 2e-3, "apple_epochs": 15},
-            "quick": {"n": 300, "size": 64, "erm_epochs": 20, "erm_lr": 2e-3, "apple_epochs": 8}},
+    "sam": {"full": {**SAM_CELL, "seeds": 3}, "quick": {**SAM_CELL, "seeds": 1}},
     "unet": {"full": {"n": 800, "size": 96, "erm_epochs": 30, "erm_lr": 3e-3, "apple_epochs": 20,
-                      "channels": [16, 32, 64, 128]},
+                      "channels": [16, 32, 64, 128], "seeds": 1},
              "quick": {"n": 240, "size": 64, "erm_epochs": 15, "erm_lr": 5e-3, "apple_epochs": 4,
-                       "channels": [16, 32, 64, 128]}},
+                       "channels": [16, 32, 64, 128], "seeds": 1}},
 }
 # case name -> the synthetic benchmark it runs on (docs/data.md), at the defaults ablation's strength
 CASES: dict[str, dict] = {
@@ -72,14 +73,17 @@ class DemoSettings(Settings):
 
     model: Literal[tuple(SIZES)] = Field("sam", description="The deployed model: sam (a tiny SAM-like model, "
                                                              "box prompts from the mask) or unet.")
-    quick: bool = Field(False, description="Small, fast version (about a minute on 2 cores; full: about two).")
+    quick: bool = Field(False, description="One seed per case (under two minutes on 2 cores); the full demo runs "
+                                           "each case with several seeds (SIZES) to show their spread.")
     n: int | None = Field(None, gt=0, description="Number of synthetic images per case (default: the model's, "
                                                           "SIZES).")
     size: int | None = Field(None, ge=16, description="Image side in pixels (default: the model's, SIZES).")
     bias: str | None = Field(None, description="Run one case on this bias mechanism instead of the two cases "
                                                "(misused_cue: spurious, difficulty: contrast).")
     minority_share: float = Field(0.25, gt=0.0, lt=1.0, description="Share of the minority group.")
-    seed: int = Field(0, ge=0, description="Seed for data, training and APPLE.")
+    seed: int = Field(0, ge=0, description="Seed for data, training and APPLE (the first, where seeds > 1).")
+    seeds: int | None = Field(None, ge=1, description="Seeds per case: seed, seed + 1, ... (default: the model's "
+                                                      "and mode's, SIZES).")
     erm_epochs: int | None = Field(None, ge=1, description="Epochs of ERM training (default: the model's, SIZES).")
     erm_lr: float | None = Field(None, gt=0.0, description="Learning rate of ERM training (default: the model's).")
     apple_epochs: int | None = Field(None, ge=1, description="Epochs of APPLE training (default: the model's, SIZES).")
@@ -99,6 +103,12 @@ class DemoSettings(Settings):
             return CASES
         return {self.bias: {"bias": self.bias, "strength": 1.0, "title": f"Bias mechanism '{self.bias}'"}}
 
+    def runs(self) -> list[tuple[str, str, int]]:
+        """(folder, case, seed) per run, seed by seed: the first seed's folders are the cases' names, further
+        seeds' `<case>_seed<s>`."""
+        return [(case if s == self.seed else f"{case}_seed{s}", case, s)
+                for s in range(self.seed, self.seed + (self.seeds or 1)) for case in self.cases()]
+
 
 @dataclass
 class CaseResult:
@@ -108,6 +118,8 @@ class CaseResult:
     name: str
     title: str
     bias: str
+    case: str
+    seed: int
     before: dict
     after: dict
     use: dict
@@ -138,7 +150,7 @@ def run_demo(out: str | os.PathLike, settings: DemoSettings, quiet: bool = False
                                                            for k, v in cases.items()})
         runfolder.write_config(stage, config)
         log.info("config %s", config)
-        results = _run_cases(stage, st, cases, quiet)
+        results = _run_cases(stage, st, quiet)
         runfolder.write_cases(stage, {r.name: _case_record(r) for r in results})
         write_reports(stage)  # the side-by-side report.html / report.md
     log.info("demo finished in %.1f s", time.time() - started)
@@ -153,9 +165,10 @@ def _workers(st: DemoSettings, n_cases: int) -> int:
     return max(1, min(n_cases, os.cpu_count() or 1))
 
 
-def _run_cases(stage: Path, st: DemoSettings, cases: dict[str, dict], quiet: bool) -> list[CaseResult]:
-    workers = _workers(st, len(cases))
-    jobs = [(stage / name, st, name, case) for name, case in cases.items()]
+def _run_cases(stage: Path, st: DemoSettings, quiet: bool) -> list[CaseResult]:
+    cases = st.cases()
+    jobs = [(stage / folder, st.replace(seed=seed), folder, name, cases[name]) for folder, name, seed in st.runs()]
+    workers = _workers(st, len(jobs))
     if workers == 1:
         return [_run_case(*job, quiet=quiet, threads=None) for job in jobs]
     log.info("running %d cases in %d processes (one thread each)", len(jobs), workers)
@@ -166,9 +179,10 @@ def _run_cases(stage: Path, st: DemoSettings, cases: dict[str, dict], quiet: boo
         return [f.result() for f in futures]
 
 
-def _run_case(folder: Path, st: DemoSettings, name: str, case: dict, quiet: bool,
+def _run_case(folder: Path, st: DemoSettings, name: str, case_name: str, case: dict, quiet: bool,
               threads: int | None) -> CaseResult:
-    """One case into `folder`: data, deployed model, APPLE patch, before/after evaluation, frozen check, report."""
+    """One case at `st.seed` into `folder`: data, deployed model, APPLE patch, before/after evaluation, frozen
+    check, report."""
     if threads is not None:
         torch.set_num_threads(threads)
     else:
@@ -176,8 +190,8 @@ def _run_case(folder: Path, st: DemoSettings, name: str, case: dict, quiet: bool
     started = time.time()
     folder.mkdir(parents=True, exist_ok=True)
     with logged(folder):
-        log.info("case %s: %s", name, case["title"])
-        runfolder.write_config(folder, provenance("demo", case=name, **{**st.to_dict(), "bias": case["bias"]},
+        log.info("case %s (seed %d): %s", name, st.seed, case["title"])
+        runfolder.write_config(folder, provenance("demo", case=case_name, **{**st.to_dict(), "bias": case["bias"]},
                                                   strength=case["strength"]))
         manifest = generate(folder / runfolder.DATA, n=st.n, size=st.size, bias=case["bias"],
                             strength=case["strength"], minority_share=st.minority_share, seed=st.seed)
@@ -212,13 +226,13 @@ def _run_case(folder: Path, st: DemoSettings, name: str, case: dict, quiet: bool
         outcome = classify_outcome(ev.paired, ev.leakage, ev.use, fit.selected_epoch, "patched")
         log.info("case %s: %s", name, outcome.sentence)
         write_reports(folder)  # report.html, report.md, tables/, plots/ of this case
-    return CaseResult(name, case["title"], case["bias"], json_safe(ev.before_frame.to_dict()),
+    return CaseResult(name, case["title"], case["bias"], case_name, st.seed, json_safe(ev.before_frame.to_dict()),
                       json_safe(ev.frame.to_dict()), json_safe(ev.use or {}), check, outcome, time.time() - started)
 
 
 def _case_record(r: CaseResult) -> dict:
     """One entry of cases.json: what the side-by-side report and the console show."""
-    return {"title": r.title, "folder": r.name, "bias": r.bias,
+    return {"title": r.title, "folder": r.name, "bias": r.bias, "case": r.case, "seed": r.seed,
             "dice_before": r.before["overall"]["dice"], "dice_after": r.after["overall"]["dice"],
             "gap_before": r.before["fairness"]["dice_delta"], "gap_after": r.after["fairness"]["dice_delta"],
             "outcome": r.outcome.kind, "outcome_sentence": r.outcome.sentence,

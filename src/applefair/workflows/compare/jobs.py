@@ -57,16 +57,23 @@ def _worker(settings: dict, root: str, out: str, only: dict, deadline: float | N
         handler.close()
 
 
+def default_threads(jobs: int) -> int:
+    """torch CPU threads per process when none are given: the threads torch would use here (OMP_NUM_THREADS,
+    else the usable cores) shared among the jobs."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(torch.get_num_threads(), cores) // jobs)
+
+
 def run_blocks(settings: CompareSettings, root: Path, out: Path, only: Mapping[str, list] | None,
-               deadline: float | None, quiet: bool, device: str, jobs: int) -> dict:
-    """Every block of the plan in `jobs` worker processes; returns the summed cell counts."""
+               deadline: float | None, quiet: bool, device: str, jobs: int, threads: int | None = None) -> dict:
+    """Every block of the plan in `jobs` worker processes (`threads` torch threads each); returns the summed
+    cell counts."""
     from applefair.workflows.compare.grid import prepare_dataset
 
     todo = blocks(settings, only)
     for name in dict.fromkeys(ds for _, ds, _ in todo):  # generate each dataset once, before any worker reads it
         prepare_dataset(next(d for d in settings.datasets if d.name == name), root, out)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = max(1, cores // jobs)
+    threads = threads or default_threads(jobs)
     counts = {"run": 0, "skipped": 0, "failed": 0, "left": 0}
     base = {k: list(v) for k, v in (only or {}).items() if v}
     with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool, \

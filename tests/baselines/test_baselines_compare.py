@@ -42,6 +42,15 @@ def test_run_resume_and_rerun_on_change(tmp_path):
     table = (out / "results.md").read_text()
     assert "| erm | 1/1 |" in table and "| groupdro | 1/1 |" in table and "3 of 3 cells finished" in table
     assert (out / "cells/nod/unet/erm/seed0/per_sample.csv").is_file()
+    # leakage per cell: the logistic probe on the method's latent, the spatial probe at every decoder input
+    assert cells["leakage_auc"].between(0, 1).all() and cells["spatial_auc"].between(0, 1).all()
+    assert "| leak | spatial |" in table
+    from applefair.models.registry import create_segmentor
+    from applefair.workflows.evaluate import decoder_inputs
+
+    _, spec = create_segmentor("unet", tiny=True, channels=[4, 8, 16, 16])
+    record = yaml.safe_load((out / "cells/nod/unet/deployed/seed0/result.json").read_text())
+    assert record["spatial_auc_site"] in decoder_inputs(spec) and len(decoder_inputs(spec)) > 1
     assert run_compare(settings, root, out, quiet=True)["skipped"] == 3  # resumed: nothing redone
     changed, _ = _config(tmp_path, budget={"epochs": 2, "batch_size": 8})
     assert run_compare(changed, root, out, quiet=True) == {"run": 2, "skipped": 1, "failed": 0, "left": 0}

@@ -66,6 +66,17 @@ class Scored:
         return probe_auc(np.concatenate([self.latents[s] for s in names], 1), self.group_ids, seed=seed)
 
 
+    def spatial_auc(self, seed: int = 0) -> tuple[float, str | None]:
+        """The highest cross-validated spatial-probe AUC over the sites whose maps were kept, and that site: how
+        readable the group is from the decoder input that gives it away most (NaN, None without maps)."""
+        best, where = math.nan, None
+        for site, maps in (self.maps or {}).items():
+            auc = probe_auc(maps, self.group_ids, seed=seed, kind="spatial")
+            if not math.isnan(auc) and (where is None or auc > best):
+                best, where = auc, site
+        return best, where
+
+
 def _probabilities(logits: torch.Tensor) -> torch.Tensor:
     """Sigmoid for one output channel (binary head), softmax for several (multi-class head)."""
     return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import math
 import time
 import traceback
 from collections.abc import Mapping
@@ -50,6 +51,7 @@ from applefair.workflows.compare.cells import (
 )
 from applefair.workflows.compare.settings import CompareSettings, DatasetSpec, SegmentorSpec
 from applefair.workflows.compare.table import write_tables
+from applefair.workflows.evaluate import decoder_inputs
 from applefair.workflows.train import build_model, train_deployed
 
 log = logging.getLogger("applefair")
@@ -114,14 +116,17 @@ def run_cell(settings: CompareSettings, method: str, net, spec, split, groups, s
                                      quiet=quiet)
         frozen.verify(fit.deployed)  # neither the model given nor a frozen copy inside the result changed
         model, sites = fit.model, fit.latent_sites
-    scored = score(model, split["test"], groups, capture=site_modules(model, sites) if settings.leakage and sites
-                   else {})
-    auc = scored.probe_auc(seed=seed)
+    # leakage: the pooled logistic probe on the latent(s) the method works on, the spatial probe at every input
+    # the decoder receives (skips included), so that a cue a method leaves in a skip shows in its row
+    inputs = list(decoder_inputs(spec, sites)) if settings.leakage and sites else []
+    scored = score(model, split["test"], groups, capture=site_modules(model, inputs), keep_maps=bool(inputs))
+    leak = {"leakage_auc": scored.probe_auc(sites, seed=seed) if inputs else math.nan}
+    leak["spatial_auc"], leak["spatial_auc_site"] = scored.spatial_auc(seed=seed)
     if fit is None:
-        record = {"trainable_params": 0, "seconds": 0.0, "frozen": True, "selected_epoch": 0, "leakage_auc": auc}
+        record = {"trainable_params": 0, "seconds": 0.0, "frozen": True, "selected_epoch": 0, **leak}
         return record, scored.per_sample, scored.frame().to_dict(), []
     record = {"trainable_params": fit.trainable_params, "seconds": fit.seconds, "frozen": fit.frozen,
-              "selected_epoch": fit.selected_epoch, "leakage_auc": auc, "extra": fit.extra}
+              "selected_epoch": fit.selected_epoch, **leak, "extra": fit.extra}
     return record, scored.per_sample, scored.frame().to_dict(), fit.history
 
 

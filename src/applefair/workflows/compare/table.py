@@ -1,7 +1,8 @@
 """The comparison tables: results.csv (one row per cell), summary.csv and results.md (paper form).
 
 Per dataset x segmentor, one row per method: overall Dice/IoU, Dice per group, the gap
-(delta), skewness, ES-Dice in both forms, the fresh probe's leakage AUC, trainable
+(delta), skewness, ES-Dice in both forms, the fresh probes' leakage AUC (logistic on the method's
+latent, spatial at the most readable decoder input), trainable
 parameters, fit wall time and whether the deployed weights stayed frozen, as mean ± std
 over the seeds that finished. A '*' marks a difference to `erm` that
 `applefair.metrics.compare.aggregate_comparisons` calls significant: with two or more seeds,
@@ -41,7 +42,8 @@ def _cell_row(folder: Path, record: dict | None) -> dict:
         row[f"dice[{g}]"] = v["dice"]
         row[f"n[{g}]"] = v["n"]
     row.update({k: metrics["fairness"].get(k, math.nan) for k in FAIRNESS})
-    row.update(leakage_auc=record.get("leakage_auc", math.nan), trainable_params=record.get("trainable_params"),
+    row.update(leakage_auc=record.get("leakage_auc", math.nan), spatial_auc=record.get("spatial_auc", math.nan),
+               trainable_params=record.get("trainable_params"),
                seconds=record.get("seconds"), frozen=bool(record.get("frozen")))
     return row
 
@@ -133,20 +135,23 @@ def markdown(settings: CompareSettings, summary: pd.DataFrame, cells: pd.DataFra
              f"excludes 0; 1 seed: paired stratified bootstrap, {settings.bootstrap} resamples, "
              f"{settings.level:.0%}). Δ = max - min group Dice; skew = (1 - min)/(1 - max); ES-sum = "
              "Dice/(1 + Σ|Dice - Dice_g|) (Harvard-FairSeg); ES-std = Dice/(1 + std_g) (FairMedFM); "
-             "leak = fresh logistic probe AUC on the latent the decoder sees (test split, cross-validated; "
-             "— where not one latent); params = weights training changed in the shipped model; "
+             "leak = fresh logistic probe AUC on the latent the method works on, as the decoder receives it "
+             "(test split, cross-validated; — where not one latent); spatial = the spatial probe's AUC at the "
+             "decoder input that gives the group away most (skips included; each cell's result.json names "
+             "it); params = weights training changed in the shipped model; "
              "time = fit wall time (s).", ""]
     for (ds, seg), block in summary.groupby(["dataset", "segmentor"], sort=False):
         groups = [c[5:-6] for c in block.columns if c.startswith("dice[") and c.endswith("]_mean")
                   and block[c].notna().any()]
         head = ["method", "seeds", "Dice", "IoU", *[f"Dice {g}" for g in groups], "Δ", "skew", "ES-sum", "ES-std",
-                "leak", "params", "frozen", "time (s)"]
+                "leak", "spatial", "params", "frozen", "time (s)"]
         lines += [f"## {ds} · {seg}", "", "| " + " | ".join(head) + " |",
                   "|" + "|".join(["---"] + ["---:"] * (len(head) - 1)) + "|"]
         for _, r in block.iterrows():
             seeds = f"{r['seeds_done']}/{r['seeds']}" + (f" ({r['failed']} failed)" if r["failed"] else "")
             vals = [_fmt(r, c) for c in ("dice", "iou", *[f"dice[{g}]" for g in groups], "dice_delta",
-                                          "dice_skewness", "es_dice_sum", "es_dice_std", "leakage_auc")]
+                                          "dice_skewness", "es_dice_sum", "es_dice_std", "leakage_auc",
+                                          "spatial_auc")]
             vals += [_fmt(r, "trainable_params"), _fmt(r, "frozen"), _fmt(r, "seconds", 1)]
             lines.append(f"| {r['method']} | {seeds} | " + " | ".join(vals) + " |")
         lines.append("")

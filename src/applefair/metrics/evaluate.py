@@ -65,7 +65,6 @@ class Scored:
             return math.nan
         return probe_auc(np.concatenate([self.latents[s] for s in names], 1), self.group_ids, seed=seed)
 
-
     def spatial_auc(self, seed: int = 0) -> tuple[float, str | None]:
         """The highest cross-validated spatial-probe AUC over the sites whose maps were kept, and that site: how
         readable the group is from the decoder input that gives it away most (NaN, None without maps)."""

@@ -71,10 +71,11 @@ def test_device_setting_takes_what_the_resolver_takes():
 
 def test_demo_model_picks_its_sizes_and_rejects_others():
     """The demo's model (sam by default) brings its own full and quick sizes; given keys still win."""
+    from applefair.apple.config import AppleConfig
     from applefair.workflows.demo import SIZES
 
     sam = DemoSettings().resolved()
-    assert sam.model == "sam" and sam.n == SIZES["sam"]["full"]["n"] and sam.apple_epochs == 15
+    assert sam.model == "sam" and sam.n == SIZES["sam"]["full"]["n"] and sam.apple_epochs == AppleConfig().epochs
     quick = DemoSettings(quick=True).resolved()
     assert (quick.n, quick.apple_epochs) == (SIZES["sam"]["quick"]["n"], SIZES["sam"]["quick"]["apple_epochs"])
     unet = DemoSettings(model="unet", n=64).resolved()

@@ -13,8 +13,9 @@ out_console = Console()
 
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", help="Run folder to write."),
-    quick: bool = typer.Option(None, "--quick", help="One seed per case (under two minutes on 2 cores); the full "
-                                                      "demo runs three seeds per case (about five)."),
+    quick: bool = typer.Option(None, "--quick", help="One seed per case, games of 15 epochs (under two minutes on "
+                                                      "2 cores); the full demo runs three seeds with APPLE's shipped "
+                                                      "defaults (about eight)."),
     seed: int = typer.Option(None, "--seed", help="Seed for data, training and APPLE (default 0; the first seed)."),
     seeds: int = typer.Option(None, "--seeds", help="Seeds per case: seed, seed + 1, ... (default: 1 with --quick, "
                                                     "3 for the SAM-like model's full demo)."),

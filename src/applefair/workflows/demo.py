@@ -90,7 +90,7 @@ class DemoSettings(Settings):
     erm_epochs: int | None = Field(None, ge=1, description="Epochs of ERM training (default: the model's, SIZES).")
     erm_lr: float | None = Field(None, gt=0.0, description="Learning rate of ERM training (default: the model's).")
     apple_epochs: int | None = Field(None, ge=1, description="Epochs of APPLE training (default: the model's, SIZES; "
-                                                            "for sam APPLE's shipped default).")
+                                                            "the full sam demo: APPLE's shipped default).")
     channels: list[int] | None = Field(None, min_length=2, description="U-Net channels per level.")
     workers: int | None = Field(None, ge=1, description="Cases run at once (default: one per CPU core on a CPU, "
                                                         "one on a GPU).")

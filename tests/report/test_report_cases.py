@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from applefair.report.cases import case_rows, seed_sentences
-from applefair.workflows.demo import DemoSettings, run_demo
+from applefair.workflows.demo import DemoSettings
 
 
 def _case(case: str, seed: int, before: float, after: float, outcome: str) -> dict:
@@ -46,15 +47,23 @@ def test_demo_settings_name_the_runs_of_each_seed():
 
 @pytest.mark.slow
 def test_demo_with_two_seeds_writes_a_folder_per_seed_and_the_spread(tmp_path):
-    """A tiny demo of one case with two seeds: two case folders with their own data, cases.json says which seed
-    each is, and the side-by-side report has the seeds' sentence."""
-    out = tmp_path / "demo"
-    st = DemoSettings(bias="none", seeds=2, n=40, size=32, erm_epochs=1, apple_epochs=1, workers=1, device="cpu")
-    result = run_demo(out, st, quiet=True)
-    assert [(c.name, c.seed) for c in result.cases] == [("none", 0), ("none_seed1", 1)]
+    """`applefair demo --seeds 2` (tiny sizes from --config, one case): two case folders with their own data,
+    cases.json says which seed each is, and the console and the side-by-side report have the seeds' sentence."""
+    from typer.testing import CliRunner
+
+    from applefair.cli import app
+
+    out, cfg = tmp_path / "demo", tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump({"n": 40, "size": 32, "erm_epochs": 1, "apple_epochs": 1, "workers": 1}))
+    res = CliRunner().invoke(app, ["demo", "--config", str(cfg), "--bias", "none", "--seeds", "2", "--device", "cpu",
+                                   "--quiet", "--out", str(out)], terminal_width=200)
+    assert res.exit_code == 0, res.output
     cases = json.loads((out / "cases.json").read_text())
     assert {k: (v["case"], v["seed"]) for k, v in cases.items()} == {"none": ("none", 0), "none_seed1": ("none", 1)}
     a, b = ((out / f / "data" / "manifest.csv").read_text() for f in ("none", "none_seed1"))
     assert a != b  # another seed draws other data
     (sentence,) = seed_sentences(cases)
     assert sentence in (out / "report.md").read_text().replace("\\", "")
+    assert sentence in " ".join(res.output.split())
+    header = next(line for line in res.output.splitlines() if "case" in line and "outcome" in line)
+    assert "seed" in header  # the table has a seed column when the run has several seeds

@@ -37,7 +37,7 @@ def demo(
     Example: applefair demo --quick --out runs/demo-quick
     """
     from applefair.engine.config import resolve_settings
-    from applefair.engine.runfolder import REPORT_HTML, REPORT_MD, read_cases
+    from applefair.engine.runfolder import REPORT_HTML, REPORT_MD
     from applefair.metrics.outcome import explain_use, restarts_sentence
     from applefair.report.cases import seed_sentences
     from applefair.workflows.demo import DemoSettings, run_demo
@@ -69,7 +69,7 @@ def demo(
             out_console.print(f"  {games}", highlight=False)
         out_console.print(f"  Deployed weights unchanged: {'yes' if case.check['unchanged'] else 'NO'} "
                           f"(sha256 {case.check['hash_before'][:12]}…)")
-    for sentence in seed_sentences(read_cases(out) or {}):
+    for sentence in seed_sentences(result.records()):
         out_console.print(sentence, highlight=False)
     report = out / REPORT_HTML
     out_console.print(f"Report: {report if report.exists() else out / REPORT_MD}")

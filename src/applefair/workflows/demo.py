@@ -136,6 +136,10 @@ class CaseResult:
 class DemoResult:
     cases: list[CaseResult]
 
+    def records(self) -> dict[str, dict]:
+        """{case folder: its cases.json entry}: what the side-by-side report and the console show."""
+        return {r.name: _case_record(r) for r in self.cases}
+
 
 def run_demo(out: str | os.PathLike, settings: DemoSettings, quiet: bool = False, overwrite: bool = True) -> DemoResult:
     """Run the demo into `out` (built aside and moved into place only when every case finished)."""
@@ -154,11 +158,11 @@ def run_demo(out: str | os.PathLike, settings: DemoSettings, quiet: bool = False
                                                            for k, v in cases.items()})
         runfolder.write_config(stage, config)
         log.info("config %s", config)
-        results = _run_cases(stage, st, quiet)
-        runfolder.write_cases(stage, {r.name: _case_record(r) for r in results})
+        result = DemoResult(_run_cases(stage, st, quiet))
+        runfolder.write_cases(stage, result.records())
         write_reports(stage)  # the side-by-side report.html / report.md
     log.info("demo finished in %.1f s", time.time() - started)
-    return DemoResult(results)
+    return result
 
 
 def _workers(st: DemoSettings, n_cases: int) -> int:

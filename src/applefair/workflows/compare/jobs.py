@@ -65,7 +65,7 @@ def default_threads(jobs: int) -> int:
 
 
 def run_blocks(settings: CompareSettings, root: Path, out: Path, only: Mapping[str, list] | None,
-               deadline: float | None, quiet: bool, device: str, jobs: int, threads: int | None = None) -> dict:
+               deadline: float | None, quiet: bool, device: str, jobs: int, threads: int) -> dict:
     """Every block of the plan in `jobs` worker processes (`threads` torch threads each); returns the summed
     cell counts."""
     from applefair.workflows.compare.grid import prepare_dataset
@@ -73,7 +73,6 @@ def run_blocks(settings: CompareSettings, root: Path, out: Path, only: Mapping[s
     todo = blocks(settings, only)
     for name in dict.fromkeys(ds for _, ds, _ in todo):  # generate each dataset once, before any worker reads it
         prepare_dataset(next(d for d in settings.datasets if d.name == name), root, out)
-    threads = threads or default_threads(jobs)
     counts = {"run": 0, "skipped": 0, "failed": 0, "left": 0}
     base = {k: list(v) for k, v in (only or {}).items() if v}
     with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool, \
